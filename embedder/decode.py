@@ -1,0 +1,342 @@
+"""Decode a clip: probe it, sample K frames (decord, PyAV fallback) and read 16 kHz mono audio.
+
+Only the sampled frames are decoded. Every decode runs in a killable worker process bounded in
+wall-clock time, because decord's `get_batch` can deadlock holding the GIL when a header over-reports
+the frame count (dmlc/decord#373); readers are dropped right after use (decord leaks on large frames).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from embedder.config import DecodeConfig, LimitsConfig
+from embedder.types import DecodedMedia, MediaError, Probe, ReelvecError
+
+log = logging.getLogger(__name__)
+_ROOT = str(Path(__file__).resolve().parent.parent)
+
+# Container signatures: a file that starts like a video but will not open is "truncated", not "not_a_video".
+_MAGIC = (
+    (4, b"ftyp"),  # MP4 / MOV / 3GP
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (0, b"RIFF"),  # AVI
+    (0, b"FLV"),
+    (0, b"\x00\x00\x01\xba"),  # MPEG-PS
+    (0, b"\x47"),  # MPEG-TS sync byte
+)
+
+
+def _looks_like_video(head: bytes) -> bool:
+    return any(head[off : off + len(sig)] == sig for off, sig in _MAGIC)
+
+
+def _open_container(path: str):
+    import av
+
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        reason = "truncated" if _looks_like_video(head) else "not_a_video"
+        raise MediaError(reason, f"cannot open as video: {e}") from e
+
+
+def probe_file(path: str) -> Probe:
+    """Read container headers with PyAV (no frame decoded): duration, fps, size, audio presence."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise MediaError("empty", "file is empty")
+    with _open_container(path) as c:
+        if not c.streams.video:
+            raise MediaError("no_video_stream", "container has no video stream")
+        vs = c.streams.video[0]
+        fps = float(vs.average_rate or vs.guessed_rate or 0) or 25.0
+        if vs.duration is not None and vs.time_base is not None:
+            duration = float(vs.duration * vs.time_base)
+        elif c.duration is not None:
+            duration = c.duration / 1_000_000
+        else:
+            duration = 0.0
+        frames = int(vs.frames or 0) or round(duration * fps)
+        return Probe(
+            duration_s=duration,
+            fps=fps,
+            width=int(vs.codec_context.width or 0),
+            height=int(vs.codec_context.height or 0),
+            num_frames=frames,
+            has_audio=bool(c.streams.audio),
+            video_codec=str(vs.codec_context.name),
+            size_bytes=size,
+        )
+
+
+def check_limits(p: Probe, limits: LimitsConfig) -> None:
+    """Raise `MediaError` for a clip over the configured byte, duration or pixel limits."""
+    if p.size_bytes > limits.max_bytes:
+        raise MediaError("too_large", f"{p.size_bytes} bytes > limits.max_bytes={limits.max_bytes}")
+    if p.duration_s > limits.max_duration_s:
+        raise MediaError("too_long", f"{p.duration_s:.1f} s > limits.max_duration_s={limits.max_duration_s}")
+    if p.width * p.height > limits.max_pixels:
+        raise MediaError(
+            "too_many_pixels", f"{p.width}x{p.height} > limits.max_pixels={limits.max_pixels} pixels per frame"
+        )
+    if p.width <= 0 or p.height <= 0:
+        raise MediaError("no_video_stream", "video stream has no frame size")
+
+
+def sample_indices(num_frames: int, fps: float, cfg: DecodeConfig) -> list[int]:
+    """Frame indices to decode: centers of K equal segments (uniform) or one every 1/fps s, at most K."""
+    if num_frames <= 0:
+        return []
+    if cfg.mode == "fps":
+        step = max(fps / cfg.fps, 1.0)
+        idx = [int(step * (i + 0.5)) for i in range(int(num_frames / step))] or [num_frames // 2]
+        if len(idx) > cfg.num_frames:
+            idx = [idx[int((i + 0.5) * len(idx) / cfg.num_frames)] for i in range(cfg.num_frames)]
+    else:
+        k = min(cfg.num_frames, num_frames)
+        idx = [int((i + 0.5) * num_frames / k) for i in range(k)]
+    return sorted({min(i, num_frames - 1) for i in idx})
+
+
+def _target_size(p: Probe, short_side: int) -> tuple[int, int]:
+    """(width, height) with the short side at most `short_side`, aspect kept, even, never upscaled."""
+    scale = min(1.0, short_side / min(p.width, p.height))
+    return max(2, round(p.width * scale / 2) * 2), max(2, round(p.height * scale / 2) * 2)
+
+
+def _decord_frames(path: str, p: Probe, cfg: DecodeConfig) -> tuple[np.ndarray, list[float], list[int], int]:
+    import decord
+
+    w, h = _target_size(p, cfg.short_side)
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
+    try:
+        decodable = len(vr)
+        header = p.num_frames
+        if header and abs(decodable - header) > cfg.frame_count_tolerance * header + 1:
+            log.warning("frame count mismatch: header %d, index %d; sampling within the index", header, decodable)
+        idx = sample_indices(decodable, p.fps, cfg)
+        if not idx:
+            raise MediaError("truncated", "no decodable frames")
+        frames = vr.get_batch(idx).asnumpy()
+        ts = [float(t) for t in vr.get_frame_timestamp(idx)[:, 0]]
+        return frames, ts, idx, decodable
+    finally:
+        del vr
+
+
+def _pyav_frames(path: str, p: Probe, cfg: DecodeConfig) -> tuple[np.ndarray, list[float], list[int], int]:
+    """Sequential PyAV decode keeping only the sampled indices (fallback and reference decoder)."""
+    import av
+
+    w, h = _target_size(p, cfg.short_side)
+    want = set(sample_indices(p.num_frames, p.fps, cfg)) if p.num_frames else set()
+    frames: list[np.ndarray] = []
+    ts: list[float] = []
+    idx: list[int] = []
+    n = 0
+    with _open_container(path) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for n, frame in enumerate(c.decode(stream)):
+                if n in want:
+                    frames.append(frame.to_ndarray(format="rgb24", width=w, height=h))
+                    ts.append(float(frame.time) if frame.time is not None else n / p.fps)
+                    idx.append(n)
+                if want and n >= max(want):
+                    break
+            n += 1
+        except av.error.FFmpegError as e:
+            if not frames:
+                raise MediaError("truncated", f"video stream ends before any sampled frame: {e}") from e
+            log.warning("PyAV stopped at frame %d: %s", n, e)
+    if not frames:
+        raise MediaError("truncated", "no decodable frames")
+    return np.stack(frames), ts, idx, max(n, len(frames))
+
+
+def _read_audio(path: str, rate: int) -> np.ndarray | None:
+    """16 kHz mono float32 via decord, PyAV when decord fails; None when there is no usable audio."""
+    import decord
+
+    try:
+        ar = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=rate, mono=True)
+        try:
+            audio = ar[:].asnumpy()
+        finally:
+            del ar
+        return np.ascontiguousarray(audio.reshape(-1), dtype=np.float32)
+    except Exception as e:  # decord raises DECORDError and bare RuntimeErrors
+        log.info("decord audio failed (%s); trying PyAV", e)
+    import av
+
+    try:
+        with av.open(path) as c:
+            if not c.streams.audio:
+                return None
+            res = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            chunks = [
+                out.to_ndarray().reshape(-1) for frame in c.decode(c.streams.audio[0]) for out in res.resample(frame)
+            ]
+            chunks += [out.to_ndarray().reshape(-1) for out in res.resample(None)]
+        return np.concatenate(chunks).astype(np.float32) if chunks else None
+    except av.error.FFmpegError as e:
+        log.warning("audio track unreadable, continuing without audio: %s", e)
+        return None
+
+
+def decode_file(path: str, cfg: DecodeConfig, limits: LimitsConfig) -> DecodedMedia:
+    """Probe, check limits, sample frames and read audio from a file, in this process."""
+    p = probe_file(path)
+    check_limits(p, limits)
+    decoder = cfg.backend
+    try:
+        if decoder == "decord":
+            frames, ts, idx, decodable = _decord_frames(path, p, cfg)
+        else:
+            frames, ts, idx, decodable = _pyav_frames(path, p, cfg)
+    except MediaError:
+        raise
+    except Exception as e:  # decord's errors are untyped; fall back to PyAV behind the same function
+        log.warning("decord failed on %s (%s); falling back to PyAV", path, e)
+        decoder = "pyav"
+        frames, ts, idx, decodable = _pyav_frames(path, p, cfg)
+    audio = _read_audio(path, cfg.audio_sample_rate) if p.has_audio else None
+    return DecodedMedia(
+        probe=p,
+        frames=frames,
+        timestamps_s=ts,
+        frame_indices=idx,
+        audio=audio,
+        decoder=decoder,
+        decodable_frames=decodable,
+    )
+
+
+def _worker_main(conn: Connection) -> None:
+    """Decode loop of the worker process: (path, cfg, limits) in, DecodedMedia or an error out."""
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        path, cfg, limits = msg
+        try:
+            conn.send(("ok", decode_file(path, cfg, limits)))
+        except ReelvecError as e:
+            conn.send(("err", e))
+        except Exception as e:
+            conn.send(("err", MediaError("truncated", f"undecodable media: {type(e).__name__}: {e}")))
+
+
+class Decoder:
+    """Decodes media in a long-lived worker process; a decode past `timeout_s` kills and replaces it."""
+
+    def __init__(self, cfg: DecodeConfig, limits: LimitsConfig) -> None:
+        self.cfg = cfg
+        self.limits = limits
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def _ensure_worker(self) -> Connection:
+        if self._proc is None or self._proc.poll() is not None or self._conn is None:
+            # A plain `python -m` child (not multiprocessing's spawn) so the caller's __main__ is never re-run.
+            parent, child = socket.socketpair()
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))}
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "embedder.decode", str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+            child.close()
+            self._conn = Connection(parent.detach())
+        return self._conn
+
+    def _kill_worker(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=5)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc, self._conn = None, None
+
+    def decode(self, media: bytes | str | Path) -> DecodedMedia:
+        """Decode a path or raw bytes; bytes are size-checked before they touch the disk."""
+        if isinstance(media, bytes | bytearray | memoryview):
+            data = bytes(media)
+            if not data:
+                raise MediaError("empty", "upload is empty")
+            if len(data) > self.limits.max_bytes:
+                raise MediaError("too_large", f"{len(data)} bytes > limits.max_bytes={self.limits.max_bytes}")
+            fd, tmp = tempfile.mkstemp(prefix="reelvec-", suffix=".media")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                return self._decode_path(tmp)
+            finally:
+                os.unlink(tmp)
+        path = str(media)
+        if not os.path.isfile(path):
+            raise MediaError("not_found", f"no such file: {path}")
+        size = os.path.getsize(path)
+        if size == 0:
+            raise MediaError("empty", f"file is empty: {path}")
+        if size > self.limits.max_bytes:
+            raise MediaError("too_large", f"{size} bytes > limits.max_bytes={self.limits.max_bytes}")
+        return self._decode_path(path)
+
+    def _decode_path(self, path: str) -> DecodedMedia:
+        with self._lock:
+            conn = self._ensure_worker()
+            conn.send((path, self.cfg, self.limits))
+            if not conn.poll(self.cfg.timeout_s):
+                self._kill_worker()
+                raise MediaError("decode_timeout", f"decode took longer than decode.timeout_s={self.cfg.timeout_s}")
+            try:
+                status, value = conn.recv()
+            except (EOFError, OSError) as e:
+                self._kill_worker()
+                raise MediaError("truncated", f"decoder crashed on this input: {e}") from e
+        if status == "err":
+            raise value
+        return value
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._proc is not None and self._proc.poll() is None:
+                try:
+                    self._conn.send(None)
+                    self._proc.wait(timeout=2)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            self._kill_worker()
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+
+
+if __name__ == "__main__":
+    _worker_main(Connection(int(sys.argv[1])))

@@ -1,0 +1,1 @@
+"""Encoders: CLIP (frames and query text) and the transformers text encoder (captions, transcripts)."""

@@ -1,0 +1,86 @@
+"""open_clip image and text towers: frames → one pooled visual vector per item; query text → the same space.
+
+Architecture comes from open_clip's JSON model configs (a card may ship its own via `params.model_config`),
+weights from the card's file; preprocessing is done in torch on whole frame batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from embedder.cards import ModelCard
+from embedder.config import ClipConfig
+from embedder.types import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class ClipEncoder:
+    """A loaded open_clip model; frame features are L2-normalized then mean-pooled (CLIP4Clip baseline)."""
+
+    def __init__(self, card: ModelCard, weights: Path, cfg: ClipConfig, device: str, dtype: torch.dtype) -> None:
+        import open_clip
+
+        arch = card.params.get("arch")
+        if not arch:
+            raise ConfigError("invalid_card", f"card {card.id}: params.arch (open_clip model name) is required")
+        if card.params.get("model_config"):
+            config_path = Path(str(card.card_path)).parent / card.params["model_config"]
+            open_clip.add_model_config(config_path)
+        ckpt = weights / card.files[0].path if weights.is_dir() and card.files else weights
+        model = open_clip.create_model(arch, pretrained=str(ckpt), device=device, weights_only=True)
+        self.model = model.to(dtype=dtype).eval()
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        pp = model.visual.preprocess_cfg
+        self.image_size = tuple(pp["size"]) if isinstance(pp["size"], tuple | list) else (pp["size"],) * 2
+        self.mean = torch.tensor(pp["mean"], device=device, dtype=dtype).view(1, 3, 1, 1)
+        self.std = torch.tensor(pp["std"], device=device, dtype=dtype).view(1, 3, 1, 1)
+        self.card, self.cfg, self.device, self.dtype = card, cfg, device, dtype
+        with torch.inference_mode():
+            probe = self.model.encode_text(self.tokenizer(["probe"]).to(device))
+        self.dims = int(probe.shape[-1])
+        if card.dims is not None and card.dims != self.dims:
+            raise ConfigError("invalid_card", f"card {card.id} says dims={card.dims}, model outputs {self.dims}")
+
+    def _preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 T×H×W×3 → normalized T×3×S×S: resize short side (bicubic), center crop."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        th, tw = self.image_size
+        h, w = x.shape[-2:]
+        scale = max(th / h, tw / w)
+        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        x = x[:, :, top : top + th, left : left + tw].to(self.dtype)
+        return (x - self.mean) / self.std
+
+    @torch.inference_mode()
+    def encode_frames(self, clips: list[np.ndarray]) -> np.ndarray:
+        """One L2-normalized visual vector per clip; frames of all clips are batched together."""
+        if not clips:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        counts = [len(c) for c in clips]
+        allf = np.concatenate(clips, axis=0) if len(clips) > 1 else clips[0]
+        feats = []
+        for s in range(0, len(allf), self.cfg.batch_size):
+            f = self.model.encode_image(self._preprocess(allf[s : s + self.cfg.batch_size]))
+            feats.append(F.normalize(f.float(), dim=-1))
+        per_frame = torch.cat(feats)
+        pooled = torch.stack([chunk.mean(0) for chunk in torch.split(per_frame, counts)])
+        return F.normalize(pooled, dim=-1).cpu().numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """CLIP text-tower vectors (L2-normalized) for search queries against `visual`."""
+        if not texts:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        out = []
+        for s in range(0, len(texts), self.cfg.batch_size):
+            tok = self.tokenizer(texts[s : s + self.cfg.batch_size]).to(self.device)
+            out.append(F.normalize(self.model.encode_text(tok).float(), dim=-1))
+        return torch.cat(out).cpu().numpy().astype(np.float32)
