@@ -162,8 +162,8 @@ def _pyav_frames(path: str, p: Probe, cfg: DecodeConfig) -> tuple[np.ndarray, li
             if not frames:
                 raise MediaError("truncated", f"video stream ends before any sampled frame: {e}") from e
             log.warning("PyAV stopped at frame %d: %s", n, e)
-    if not frames:
-        raise MediaError("truncated", "no decodable frames")
+    if not frames or len(frames) < len(want):
+        raise MediaError("truncated", f"video stream ends at frame {n}; header says {p.num_frames}")
     return np.stack(frames), ts, idx, max(n, len(frames))
 
 

@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from embedder.config import ReelvecConfig, load_config  # noqa: E402
+from embedder.config import ReelvecConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"

@@ -65,10 +65,11 @@ class ClipEncoder:
         if not clips:
             return np.zeros((0, self.dims), dtype=np.float32)
         counts = [len(c) for c in clips]
-        allf = np.concatenate(clips, axis=0) if len(clips) > 1 else clips[0]
+        # Clips differ in frame size, so each is preprocessed to S×S before frames are batched across clips.
+        pixels = torch.cat([self._preprocess(c) for c in clips])
         feats = []
-        for s in range(0, len(allf), self.cfg.batch_size):
-            f = self.model.encode_image(self._preprocess(allf[s : s + self.cfg.batch_size]))
+        for s in range(0, len(pixels), self.cfg.batch_size):
+            f = self.model.encode_image(pixels[s : s + self.cfg.batch_size])
             feats.append(F.normalize(f.float(), dim=-1))
         per_frame = torch.cat(feats)
         pooled = torch.stack([chunk.mean(0) for chunk in torch.split(per_frame, counts)])
