@@ -49,6 +49,9 @@ class Transcriber:
             language=self.language,
             beam_size=self.cfg.beam_size,
             vad_filter=self.cfg.vad_filter,
+            # No temperature fallback: sampling made the same clip transcribe differently run to run, and
+            # the endpoint and the backfill must store identical vectors for identical input.
+            temperature=0.0,
             condition_on_previous_text=False,
         )
         segs = tuple(Segment(float(s.start), float(s.end), s.text.strip()) for s in segments if s.text.strip())

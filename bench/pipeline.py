@@ -1,0 +1,146 @@
+"""Per-stage throughput of the embedding pipeline, each against its baseline in the same run.
+
+decode: decord sampled (K frames) vs. PyAV full decode of every frame; ASR real-time factor; CLIP images/s
+(ViT-B-32 *architecture*, random init, because no CLIP weights ship offline — throughput only, no output
+used); text encodings/s (MiniLM); end to end items/s, `embed_batch` vs. a one-by-one loop.
+Usage: python bench/pipeline.py [--repeats 3]   (appends a section to bench/RESULTS.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from embedder.config import load_config  # noqa: E402
+from embedder.decode import decode_file  # noqa: E402
+from embedder.pipeline import ItemEmbedder  # noqa: E402
+from embedder.types import ItemInput  # noqa: E402
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `fn` over `repeats` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def pyav_full_decode(path: str) -> int:
+    """Baseline: decode every frame to RGB with PyAV (what a naive loader does)."""
+    import av
+
+    n = 0
+    with av.open(path) as c:
+        for frame in c.decode(video=0):
+            frame.to_ndarray(format="rgb24")
+            n += 1
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true", help="print only, do not append to bench/RESULTS.md")
+    args = ap.parse_args()
+
+    cfg = load_config()
+    rows = [json.loads(x) for x in (ROOT / "samples/clips/captions.jsonl").read_text().splitlines() if x.strip()]
+    paths = [str(ROOT / "samples/clips" / r["file"]) for r in rows]
+    items = [ItemInput(r["item_id"], p, r["caption"], r["hashtags"]) for r, p in zip(rows, paths, strict=True)]
+    emb = ItemEmbedder(cfg)
+    table: list[tuple[str, str, str, str]] = []
+
+    t_sampled = median_time(lambda: [decode_file(p, cfg.decode, cfg.limits) for p in paths], args.repeats)
+    t_full = median_time(lambda: [pyav_full_decode(p) for p in paths], args.repeats)
+    n = len(paths)
+    table.append(
+        (
+            "decode (clips/s)",
+            f"decord sampled K={cfg.decode.num_frames}: {n / t_sampled:.1f}",
+            f"PyAV full decode: {n / t_full:.1f}",
+            f"{t_full / t_sampled:.2f}x",
+        )
+    )
+
+    media = [decode_file(p, cfg.decode, cfg.limits) for p in paths]
+    audio_s = sum(len(m.audio) / cfg.decode.audio_sample_rate for m in media if m.audio is not None)
+    assert emb.asr is not None
+    t_asr = median_time(lambda: [emb.asr.transcribe(m.audio) for m in media], args.repeats)
+    table.append(("ASR real-time factor", f"whisper tiny.en int8: {t_asr / audio_s:.3f}", "1.0 = real time", "-"))
+
+    import open_clip
+
+    torch.manual_seed(0)
+    clip_arch = open_clip.create_model("ViT-B-32", pretrained=None).eval()
+    frames = torch.randn(32, 3, 224, 224)
+
+    def clip_batch() -> None:
+        with torch.inference_mode():
+            clip_arch.encode_image(frames)
+
+    def clip_single() -> None:
+        with torch.inference_mode():
+            for i in range(32):
+                clip_arch.encode_image(frames[i : i + 1])
+
+    t_cb, t_c1 = median_time(clip_batch, args.repeats), median_time(clip_single, args.repeats)
+    table.append(
+        (
+            "CLIP ViT-B-32 images/s (arch only)",
+            f"batch 32: {32 / t_cb:.1f}",
+            f"batch 1: {32 / t_c1:.1f}",
+            f"{t_c1 / t_cb:.2f}x",
+        )
+    )
+
+    assert emb.text is not None
+    texts = [r["caption"] or r["speech"] for r in rows] * 4
+    t_tb = median_time(lambda: emb.text.encode(texts), args.repeats)
+    t_t1 = median_time(lambda: [emb.text.encode([t]) for t in texts], args.repeats)
+    table.append(
+        (
+            "text encodings/s (MiniLM)",
+            f"batch {cfg.text.batch_size}: {len(texts) / t_tb:.1f}",
+            f"batch 1: {len(texts) / t_t1:.1f}",
+            f"{t_t1 / t_tb:.2f}x",
+        )
+    )
+
+    t_eb = median_time(lambda: emb.embed_batch(items), args.repeats)
+    t_e1 = median_time(lambda: [emb.embed(i) for i in items], args.repeats)
+    table.append(
+        ("end to end items/s", f"embed_batch: {n / t_eb:.2f}", f"one by one: {n / t_e1:.2f}", f"{t_e1 / t_eb:.2f}x")
+    )
+    emb.close()
+
+    header = "| stage | reelvec | baseline | ratio (baseline time / reelvec time) |\n|---|---|---|---|\n"
+    body = "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in table)
+    cmd = "python bench/pipeline.py " + " ".join(sys.argv[1:])
+    section = (
+        f"\n## pipeline — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+        f"Command: `{cmd.strip()}` · {n} sample clips · medians of {args.repeats} runs after a warm-up · "
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, device cpu\n\n" + header + body
+    )
+    print(section)
+    if not args.no_write:
+        with open(ROOT / "bench/RESULTS.md", "a") as f:
+            f.write(section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Decode: real clips sampled by decord (PyAV fallback), audio at 16 kHz, and every bad input's reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from embedder.config import DecodeConfig, LimitsConfig
+from embedder.decode import Decoder, decode_file, probe_file, sample_indices
+from embedder.types import MediaError
+
+
+@pytest.fixture(scope="module")
+def decoder() -> Any:
+    d = Decoder(DecodeConfig(), LimitsConfig())
+    yield d
+    d.close()
+
+
+def test_real_clips_give_sampled_frames_and_audio(decoder: Decoder, clips: list[dict[str, Any]]) -> None:
+    for row in clips[:4]:
+        m = decoder.decode(row["path"])
+        assert m.decoder == "decord"
+        assert m.frames.dtype == np.uint8 and m.frames.ndim == 4 and m.frames.shape[0] == 8
+        assert min(m.frames.shape[1:3]) <= 224 and m.frames.shape[3] == 3
+        assert m.timestamps_s == sorted(m.timestamps_s) and len(set(m.timestamps_s)) == 8
+        assert m.timestamps_s[0] >= 0 and m.timestamps_s[-1] <= m.probe.duration_s
+        assert m.decodable_frames == m.probe.num_frames
+        assert m.audio is not None and m.audio.dtype == np.float32
+        assert abs(len(m.audio) / 16000 - m.probe.duration_s) < 0.5
+        # frames differ over time (motion), so sampling really spread over the clip
+        assert np.abs(m.frames[0].astype(int) - m.frames[-1].astype(int)).mean() > 1
+
+
+def test_fps_mode_caps_frames(clips: list[dict[str, Any]]) -> None:
+    cfg = DecodeConfig(mode="fps", fps=1.0, num_frames=8)
+    m = decode_file(clips[0]["path"], cfg, LimitsConfig())
+    assert len(m.frame_indices) == max(1, int(m.probe.duration_s))
+    assert len(m.frame_indices) == len(set(m.frame_indices)) == len(m.frames)
+
+
+def test_sample_indices_uniform_and_fps() -> None:
+    assert sample_indices(80, 25.0, DecodeConfig(num_frames=8)) == [5, 15, 25, 35, 45, 55, 65, 75]
+    assert sample_indices(3, 25.0, DecodeConfig(num_frames=8)) == [0, 1, 2]
+    assert sample_indices(100, 25.0, DecodeConfig(mode="fps", fps=1.0, num_frames=8)) == [12, 37, 62, 87]
+    assert len(sample_indices(2500, 25.0, DecodeConfig(mode="fps", fps=1.0, num_frames=8))) == 8
+    assert sample_indices(0, 25.0, DecodeConfig()) == []
+
+
+def test_silent_video_gives_frames_and_no_audio(decoder: Decoder, fixtures_dir: Path) -> None:
+    m = decoder.decode(str(fixtures_dir / "silent.mp4"))
+    assert not m.probe.has_audio and m.audio is None
+    assert len(m.frames) > 0
+
+
+def test_bframes_decord_matches_pyav(fixtures_dir: Path) -> None:
+    path = str(fixtures_dir / "bframes.mp4")
+    cfg = DecodeConfig(num_frames=8, short_side=2160)  # no resize: compare codec output directly
+    a = decode_file(path, cfg, LimitsConfig())
+    b = decode_file(path, cfg.model_copy(update={"backend": "pyav"}), LimitsConfig())
+    assert a.decoder == "decord" and b.decoder == "pyav"
+    assert a.frame_indices == b.frame_indices
+    assert np.allclose(a.timestamps_s, b.timestamps_s, atol=1e-3)
+    diff = np.abs(a.frames.astype(int) - b.frames.astype(int)).mean(axis=(1, 2, 3))
+    assert diff.max() < 2.0, diff
+
+
+def test_webm_probes_and_decodes(fixtures_dir: Path) -> None:
+    webm = fixtures_dir / "clip.webm"
+    if not webm.exists():
+        pytest.skip("no VP8/VP9 encoder was available when the samples were generated")
+    m = decode_file(str(webm), DecodeConfig(), LimitsConfig())
+    assert len(m.frames) > 0 and m.probe.video_codec in {"vp8", "vp9", "av1"}
+
+
+# --- bad input matrix: each gets its MediaError reason -----------------------------------------
+
+
+def test_empty_bytes(decoder: Decoder) -> None:
+    with pytest.raises(MediaError) as e:
+        decoder.decode(b"")
+    assert e.value.reason == "empty"
+
+
+def test_not_a_video(decoder: Decoder) -> None:
+    with pytest.raises(MediaError) as e:
+        decoder.decode(b"hello, this is a text file and not a video at all\n" * 50)
+    assert e.value.reason == "not_a_video"
+
+
+def test_truncated(decoder: Decoder, clips: list[dict[str, Any]]) -> None:
+    data = Path(clips[0]["path"]).read_bytes()
+    for cut in (len(data) // 2, 64):
+        with pytest.raises(MediaError) as e:
+            decoder.decode(data[:cut])
+        assert e.value.reason == "truncated", cut
+
+
+def test_no_video_stream(decoder: Decoder, fixtures_dir: Path) -> None:
+    with pytest.raises(MediaError) as e:
+        decoder.decode(str(fixtures_dir / "speech.wav"))
+    assert e.value.reason == "no_video_stream"
+
+
+def test_missing_file(decoder: Decoder, tmp_path: Path) -> None:
+    with pytest.raises(MediaError) as e:
+        decoder.decode(str(tmp_path / "nope.mp4"))
+    assert e.value.reason == "not_found"
+
+
+def test_over_limits(clips: list[dict[str, Any]], fixtures_dir: Path) -> None:
+    path = clips[0]["path"]
+    cases = [
+        (LimitsConfig(max_bytes=1000), path, "too_large"),
+        (LimitsConfig(max_duration_s=1.0), path, "too_long"),
+        (LimitsConfig(max_pixels=640 * 480), str(fixtures_dir / "big_frame.mp4"), "too_many_pixels"),
+    ]
+    for limits, p, reason in cases:
+        with Decoder(DecodeConfig(), limits) as d, pytest.raises(MediaError) as e:
+            d.decode(p)
+        assert e.value.reason == reason
+        with Decoder(DecodeConfig(), limits) as d, pytest.raises(MediaError) as e:
+            d.decode(Path(p).read_bytes())
+        assert e.value.reason == reason
+
+
+def test_timeout_kills_worker_and_recovers(clips: list[dict[str, Any]]) -> None:
+    with Decoder(DecodeConfig(timeout_s=0.001), LimitsConfig()) as d:
+        with pytest.raises(MediaError) as e:
+            d.decode(clips[0]["path"])
+        assert e.value.reason == "decode_timeout"
+        assert d._proc is None  # the hung worker was killed
+        d.cfg = DecodeConfig(timeout_s=30)
+        assert len(d.decode(clips[0]["path"]).frames) == 8
+
+
+def test_probe_reports_stream_facts(clips: list[dict[str, Any]], fixtures_dir: Path) -> None:
+    p = probe_file(clips[0]["path"])
+    assert p.has_audio and p.fps > 0 and p.width > 0 and 2.0 <= p.duration_s <= 6.0
+    assert not probe_file(str(fixtures_dir / "silent.mp4")).has_audio
