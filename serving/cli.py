@@ -40,7 +40,7 @@ EXIT_CODES: dict[type[ReelvecError], int] = {
 
 
 def exit_code_for(e: ReelvecError) -> int:
-    if isinstance(e, StoreError) and e.reason in ("unknown_item", "bad_query"):
+    if isinstance(e, StoreError) and e.reason in ("unknown_item", "bad_query", "unknown_version"):
         return 2
     return next((code for cls, code in EXIT_CODES.items() if isinstance(e, cls)), 1)
 
@@ -171,6 +171,326 @@ def _print_status(rows: list[Any], as_json: bool) -> None:
         out.print(t)
 
     emit([r.to_json() for r in rows], as_json, human)
+
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi"}
+SIDECAR = "captions.jsonl"
+
+
+def _spec(cfg: ReelvecConfig) -> Any:
+    from embedder.pipeline import embedding_spec
+
+    return embedding_spec(cfg)
+
+
+def _open_index(cfg: ReelvecConfig, create: bool = True, version: str | None = None) -> Any:
+    """The index the alias serves (created on first ingest); opened before models load so errors come fast."""
+    from index import open_index
+
+    spec = _spec(cfg)
+    return open_index(cfg.index, spec.dims, spec.schema_version, version=version, create=create)
+
+
+def _filter(
+    creator: str | None, language: str | None, since: str | None, until: str | None, exclude: list[str] | None
+) -> Any:
+    from datetime import datetime
+
+    from index import SearchFilter
+
+    def when(value: str | None, name: str) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as e:
+            raise StoreError("bad_query", f"--{name} must be an ISO date or datetime, got {value!r}") from e
+
+    return SearchFilter(
+        creator_id=creator,
+        language=language,
+        since=when(since, "since"),
+        until=when(until, "until"),
+        exclude_ids=list(exclude or []),
+    )
+
+
+def _check_k(k: int) -> None:
+    if k <= 0:
+        raise StoreError("bad_query", f"-k must be >= 1, got {k}")
+
+
+def _ids(values: list[str] | None) -> list[str]:
+    """Ids given as repeated options and/or comma-separated lists."""
+    return [i.strip() for v in values or [] for i in v.split(",") if i.strip()]
+
+
+def _print_hits(hits: list[Any], as_json: bool, title: str) -> None:
+    def human() -> None:
+        from rich.table import Table
+
+        t = Table("score", "item id", "caption", "creator", "created", title=title)
+        for h in hits:
+            cap = (h.payload.get("caption") or "").strip() or "[dim](no caption)[/]"
+            created = str(h.payload.get("created_at") or "")[:10]
+            t.add_row(f"{h.score:.4f}", h.item_id, cap[:60], str(h.payload.get("creator_id") or ""), created)
+        out.print(t)
+
+    emit([h.to_json() for h in hits], as_json, human)
+
+
+def collect_items(
+    paths: list[Path], item_id: str | None, caption: str | None, hashtags: list[str], creator: str | None = None
+) -> list[Any]:
+    """Files given directly, or every video in a folder with metadata from its `captions.jsonl` sidecar."""
+    from serving.backfill import parse_row
+
+    items = []
+    for p in paths:
+        if p.is_dir():
+            sidecar = p / SIDECAR
+            rows = {}
+            if sidecar.is_file():
+                for n, line in enumerate(sidecar.read_text().splitlines(), 1):
+                    if line.strip():
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise MediaError("bad_metadata", f"{sidecar}:{n}: not JSON ({e})") from e
+                        name = row.get("uri") or row.get("file")
+                        rows[Path(str(name)).name] = {**row, "uri": name}
+            for f in sorted(x for x in p.iterdir() if x.suffix.lower() in VIDEO_SUFFIXES):
+                items.append(parse_row(rows.get(f.name, {"item_id": f.stem, "uri": f.name}), p))
+        elif p.exists():
+            items.append(parse_row({"item_id": p.stem, "uri": str(p.resolve())}, p.parent))
+        else:
+            raise MediaError("not_found", f"no such file or folder: {p}")
+    if not items:
+        raise MediaError("not_found", f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) under {paths}")
+    if item_id is not None or caption is not None or hashtags or creator is not None:
+        if len(items) != 1:
+            raise MediaError("bad_item_id", "--id, --caption, --hashtag and --creator apply to a single file only")
+        it = items[0]
+        it.item_id = item_id or it.item_id
+        it.caption = caption if caption is not None else it.caption
+        it.hashtags = hashtags or it.hashtags
+        it.creator_id = creator or it.creator_id
+    return items
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Video files, or folders (with an optional captions.jsonl).")],
+    item_id: Annotated[str | None, typer.Option("--id", help="Item id for a single file (default: stem).")] = None,
+    caption: Annotated[str | None, typer.Option(help="Caption for a single file.")] = None,
+    hashtag: Annotated[list[str] | None, typer.Option("--hashtag", "-t", help="Hashtag (repeatable).")] = None,
+    creator: Annotated[str | None, typer.Option(help="Creator id for a single file.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Embed videos and upsert them into the index (idempotent by item id); exit 2 if any item failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from embedder.pipeline import ItemEmbedder
+    from embedder.types import ItemEmbedding, ItemFailure
+
+    with cli_errors(as_json):
+        cfg = get_config(config)
+        items = collect_items(paths, item_id, caption, hashtag or [], creator)
+        index = _open_index(cfg)
+        emb = None
+        created: list[str] = []
+        replaced: list[str] = []
+        failed: list[ItemFailure] = []
+        try:
+            emb = ItemEmbedder(cfg)
+            columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=err, disable=as_json or len(items) < 2) as bar:
+                task = bar.add_task("ingest", total=len(items))
+                step = cfg.backfill.batch_size
+                for s in range(0, len(items), step):
+                    results = emb.embed_batch(items[s : s + step])
+                    good = [r for r in results if isinstance(r, ItemEmbedding)]
+                    failed += [r for r in results if isinstance(r, ItemFailure)]
+                    before = index.existing([g.item_id for g in good])
+                    report = index.upsert(good)
+                    failed += report.failed
+                    created += [i for i in report.written if i not in before]
+                    replaced += [i for i in report.written if i in before]
+                    bar.advance(task, len(results))
+            summary = {
+                "created": created,
+                "replaced": replaced,
+                "failed": [f.__dict__ for f in failed],
+                "count": index.count(),
+                "collection": index.collection,
+                "version": index.version,
+                "unavailable_models": emb.unavailable,
+            }
+        finally:
+            index.close()
+            if emb is not None:
+                emb.close()
+
+    def human() -> None:
+        out.print(
+            f"indexed [bold]{len(created) + len(replaced)}[/] item(s) ({len(created)} new, {len(replaced)} replaced) "
+            f"into {summary['collection']}; {summary['count']} item(s) in the index"
+        )
+        for f in failed:
+            err.print(f"[red]failed[/] {f.item_id or '(no id)'} at {f.stage}: {f.reason}: {f.detail}")
+
+    emit(summary, as_json, human)
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def search(
+    text: Annotated[str | None, typer.Argument(help="Query text.")] = None,
+    video: Annotated[Path | None, typer.Option(help="Query by a video clip.")] = None,
+    like: Annotated[str | None, typer.Option(help="More like this stored item id.")] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    using: Annotated[str, typer.Option(help="Vector to search: fused, visual, caption or transcript.")] = "fused",
+    creator: Annotated[str | None, typer.Option(help="Only this creator id.")] = None,
+    language: Annotated[str | None, typer.Option(help="Only this transcript language.")] = None,
+    since: Annotated[str | None, typer.Option(help="Created at or after (ISO date).")] = None,
+    until: Annotated[str | None, typer.Option(help="Created before (ISO date).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Item id to leave out (repeatable).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search by text (CLIP text tower + text encoder, fused), by a video, or more-like-this an item."""
+    from embedder.pipeline import ItemEmbedder
+    from embedder.types import ItemInput
+
+    with cli_errors(as_json):
+        modes = [m for m in (text is not None, video is not None, like is not None) if m]
+        if len(modes) != 1:
+            raise StoreError("bad_query", "give exactly one of TEXT, --video PATH or --like ITEM_ID")
+        if text is not None and not text.strip():
+            raise StoreError("bad_query", "query text is empty")
+        _check_k(k)
+        cfg = get_config(config)
+        flt = _filter(creator, language, since, until, exclude)
+        index = _open_index(cfg, create=False)
+        try:
+            if like is not None:
+                hits = index.recommend([like], [], using=using, k=k, flt=flt)
+                title = f"more like {like}"
+            else:
+                emb = ItemEmbedder(cfg)
+                try:
+                    if text is not None:
+                        vectors = emb.encode_query(text)
+                        title = f"search: {text}"
+                    else:
+                        vectors = emb.embed(ItemInput(item_id="query", media=str(video))).vectors
+                        title = f"search by video: {video}"
+                finally:
+                    emb.close()
+                if using not in vectors:
+                    raise StoreError("bad_query", f"the query has no {using!r} vector (is its model unavailable?)")
+                hits = index.search(vectors[using], using=using, k=k, flt=flt)
+        finally:
+            index.close()
+    _print_hits(hits, as_json, title)
+
+
+@app.command()
+def recommend(
+    positive: Annotated[list[str], typer.Option("--positive", "-p", help="Liked item ids (comma-separated).")],
+    negative: Annotated[list[str] | None, typer.Option("--negative", "-n", help="Disliked item ids.")] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    using: Annotated[str, typer.Option(help="Vector to compare: fused, visual, caption or transcript.")] = "fused",
+    creator: Annotated[str | None, typer.Option(help="Only this creator id.")] = None,
+    language: Annotated[str | None, typer.Option(help="Only this transcript language.")] = None,
+    since: Annotated[str | None, typer.Option(help="Created at or after (ISO date).")] = None,
+    until: Annotated[str | None, typer.Option(help="Created before (ISO date).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Item id to leave out (repeatable).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cold-start recommend: items like a user's recent likes and unlike their dislikes (never the examples)."""
+    with cli_errors(as_json):
+        pos, neg = _ids(positive), _ids(negative)
+        if not pos:
+            raise StoreError("bad_query", "--positive needs at least one item id")
+        _check_k(k)
+        cfg = get_config(config)
+        flt = _filter(creator, language, since, until, exclude)
+        with _open_index(cfg, create=False) as index:
+            hits = index.recommend(pos, neg, using=using, k=k, flt=flt)
+    _print_hits(hits, as_json, f"recommend for +{','.join(pos)}" + (f" -{','.join(neg)}" if neg else ""))
+
+
+@app.command()
+def delete(
+    item_ids: Annotated[list[str], typer.Argument(help="Item ids to delete.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete items by id; exit 2 (and delete nothing) if any id is unknown."""
+    with cli_errors(as_json):
+        cfg = get_config(config)
+        with _open_index(cfg, create=False) as index:
+            unknown = sorted(set(item_ids) - index.existing(item_ids))
+            if unknown:
+                raise StoreError("unknown_item", f"no such item(s) in {index.collection}: {unknown}")
+            deleted = index.delete(item_ids)
+            count = index.count()
+    emit({"deleted": deleted, "count": count}, as_json, lambda: out.print(f"deleted {deleted}; {count} left"))
+
+
+@app.command()
+def stats(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Index statistics: item count, collection, alias, versions and the configured schema version."""
+    from index import list_versions
+
+    with cli_errors(as_json):
+        cfg = get_config(config)
+        spec = _spec(cfg)
+        with _open_index(cfg, create=False) as index:
+            info = {
+                "count": index.count(),
+                "collection": index.collection,
+                "alias": cfg.index.collection,
+                "active_version": index.version,
+                "schema_version": spec.schema_version,
+                "versions": list_versions(cfg.index),
+                "backend": cfg.index.backend,
+                "location": str(cfg.index.url if cfg.index.backend == "qdrant" else cfg.index.path),
+                "models": spec.models,
+            }
+
+    def human() -> None:
+        for key, value in info.items():
+            out.print(f"[bold]{key:>15}[/]  {value}")
+
+    emit(info, as_json, human)
+
+
+@app.command()
+def alias(
+    version: Annotated[str, typer.Argument(help="Stored version the alias should serve.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Point the stable alias at another stored version (switch or roll back a model upgrade)."""
+    from index import active_version, list_versions, set_active_version
+
+    with cli_errors(as_json):
+        cfg = get_config(config)
+        known = list_versions(cfg.index)
+        if version not in known:
+            raise StoreError("unknown_version", f"no version {version!r}; stored: {known}")
+        before = active_version(cfg.index)
+        set_active_version(cfg.index, version)
+    emit(
+        {"alias": cfg.index.collection, "from": before, "to": version},
+        as_json,
+        lambda: out.print(f"{cfg.index.collection}: {before} → {version}"),
+    )
 
 
 @app.command()

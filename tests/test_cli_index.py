@@ -1,0 +1,181 @@
+"""`reelvec ingest/search/recommend/delete/stats/alias` on real sample media and Qdrant Edge on a temp path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from serving.cli import app
+from tests.conftest import CLIPS, ROOT
+
+runner = CliRunner()
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {
+        "REELVEC__DATA_DIR": str(tmp),
+        "REELVEC__MODELS__MODELS_DIR": str(tmp / "models"),
+        "REELVEC__INDEX__PATH": str(tmp / "index"),
+    }
+
+
+def run(env: dict[str, str], *args: str) -> Any:
+    return runner.invoke(app, [*args, "--json"], env=env)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The 16 sample clips ingested once through the CLI (folder + captions.jsonl sidecar)."""
+    env = _env(tmp_path_factory.mktemp("cli-index"))
+    r = run(env, "ingest", str(CLIPS))
+    assert r.exit_code == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["created"]) == 16 and out["count"] == 16 and not out["failed"]
+    return env
+
+
+def count(env: dict[str, str]) -> int:
+    r = run(env, "stats")
+    assert r.exit_code == 0, r.stderr
+    return int(json.loads(r.stdout)["count"])
+
+
+def test_ingest_is_idempotent(indexed: dict[str, str]) -> None:
+    r = run(
+        indexed,
+        "ingest",
+        str(CLIPS / "soccer_01.mp4"),
+        "--id",
+        "soccer_01",
+        "--caption",
+        "Last minute winner, what a finish!",
+        "--creator",
+        "creator_b",
+        "--hashtag",
+        "soccer",
+    )
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["replaced"] == ["soccer_01"] and out["created"] == [] and out["count"] == 16
+    assert count(indexed) == 16
+
+
+def test_stats_json(indexed: dict[str, str]) -> None:
+    info = json.loads(run(indexed, "stats").stdout)
+    assert info["count"] == 16 and info["alias"] == "reelvec" and info["backend"] == "edge"
+    assert info["active_version"] == info["schema_version"] and info["versions"] == [info["schema_version"]]
+
+
+@pytest.mark.parametrize(
+    ("query", "topic"),
+    [("cooking pasta with tomato sauce", "cooking"), ("football match goal", "soccer"), ("rocket in space", "space")],
+)
+def test_text_search_finds_topic(indexed: dict[str, str], clips: list[dict[str, Any]], query: str, topic: str) -> None:
+    r = run(indexed, "search", query, "-k", "3")
+    assert r.exit_code == 0, r.stderr
+    hits = json.loads(r.stdout)
+    topics = {c["item_id"]: c["topic"] for c in clips}
+    assert topics[hits[0]["item_id"]] == topic
+    assert hits[0]["score"] >= hits[-1]["score"] and {"item_id", "score", "caption"} <= set(hits[0])
+
+
+def test_video_search_finds_same_clip(indexed: dict[str, str]) -> None:
+    r = run(indexed, "search", "--video", str(CLIPS / "ocean_02.mp4"), "-k", "2")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)[0]["item_id"] == "ocean_02"
+
+
+def test_like_and_filters(indexed: dict[str, str], clips: list[dict[str, Any]]) -> None:
+    hits = json.loads(run(indexed, "search", "--like", "cooking_01", "-k", "15").stdout)
+    ids = [h["item_id"] for h in hits]
+    assert "cooking_01" not in ids and len(ids) == 15
+    hits = json.loads(run(indexed, "search", "--like", "cooking_01", "--creator", "creator_b", "-k", "16").stdout)
+    want = {c["item_id"] for c in clips if c["creator_id"] == "creator_b"} - {"cooking_01"}
+    assert {h["item_id"] for h in hits} == want
+    hits = json.loads(run(indexed, "search", "cooking", "--since", "2026-11-05", "--until", "2026-11-07").stdout)
+    assert hits and all("2026-11-05" <= h["created_at"][:10] < "2026-11-07" for h in hits)
+    hits = json.loads(run(indexed, "search", "cooking", "--exclude", "cooking_01", "--exclude", "cooking_02").stdout)
+    assert not {"cooking_01", "cooking_02"} & {h["item_id"] for h in hits}
+
+
+def test_recommend_prefers_positive_topic(indexed: dict[str, str], clips: list[dict[str, Any]]) -> None:
+    topics = {c["item_id"]: c["topic"] for c in clips}
+    r = run(indexed, "recommend", "-p", "space_01,space_02", "-n", "cooking_01", "-k", "14")
+    assert r.exit_code == 0, r.stderr
+    ids = [h["item_id"] for h in json.loads(r.stdout)]
+    assert not {"space_01", "space_02", "cooking_01"} & set(ids)
+    rank = {i: n for n, i in enumerate(ids)}
+    space = [rank[i] for i in ids if topics[i] == "space"]
+    cooking = [rank[i] for i in ids if topics[i] == "cooking"]
+    assert max(space) < min(cooking)
+
+
+def test_bad_queries_exit_2_and_leave_index(indexed: dict[str, str]) -> None:
+    cases = [
+        (["search", ""], "bad_query"),
+        (["search", "pasta", "-k", "0"], "bad_query"),
+        (["search"], "bad_query"),
+        (["search", "--like", "no_such_item"], "unknown_item"),
+        (["recommend", "-p", "no_such_item"], "unknown_item"),
+        (["delete", "no_such_item", "cooking_01"], "unknown_item"),
+        (["search", "pasta", "--since", "yesterday"], "bad_query"),
+        (["ingest", str(ROOT / "samples/fixtures/speech.wav")], None),
+    ]
+    for args, reason in cases:
+        r = run(indexed, *args)
+        assert r.exit_code == 2, (args, r.stdout, r.stderr)
+        if reason:
+            assert json.loads(r.stdout)["error"] == reason, args
+    assert count(indexed) == 16  # delete with one unknown id deleted nothing
+
+
+def test_delete_then_gone(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert run(env, "ingest", str(CLIPS / "space_01.mp4"), str(CLIPS / "space_02.mp4")).exit_code == 0
+    r = run(env, "delete", "space_01")
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"deleted": 1, "count": 1}
+    assert json.loads(run(env, "search", "--like", "space_01").stdout)["error"] == "unknown_item"
+    assert [h["item_id"] for h in json.loads(run(env, "search", "rocket").stdout)] == ["space_02"]
+
+
+def test_locked_index_is_clear_error(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert run(env, "ingest", str(CLIPS / "ocean_01.mp4")).exit_code == 0
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from embedder.config import load_config; from embedder.pipeline import embedding_spec;"
+            "from index import open_index; cfg = load_config(); s = embedding_spec(cfg);"
+            "ix = open_index(cfg.index, s.dims, s.schema_version); print('open', flush=True); time.sleep(120)",
+        ],
+        env={**__import__("os").environ, **env},
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        r = run(env, "ingest", str(CLIPS / "ocean_02.mp4"))
+        assert r.exit_code == 4 and json.loads(r.stdout)["error"] == "locked"
+        assert "another process" in json.loads(r.stdout)["detail"]
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.2)
+    assert count(env) == 1  # the locked attempt wrote nothing
+
+
+def test_alias_switch_and_unknown_version(indexed: dict[str, str]) -> None:
+    info = json.loads(run(indexed, "stats").stdout)
+    r = run(indexed, "alias", "v-nope")
+    assert r.exit_code == 2 and json.loads(r.stdout)["error"] == "unknown_version"
+    r = run(indexed, "alias", info["active_version"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["to"] == info["active_version"]
