@@ -16,8 +16,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+RV := $(VENV)/bin/reelvec
+DEMO := REELVEC__DATA_DIR=./data/demo REELVEC__INDEX__PATH=./data/demo/index
+
+# The main job end to end on the embedded default (local models, Qdrant Edge on ./data/demo/index).
 demo: venv
-	$(PY) -m serving.demo
+	$(RV) models list
+	$(DEMO) $(RV) ingest samples/clips
+	$(DEMO) $(RV) stats
+	$(DEMO) $(RV) search "cooking pasta with tomato sauce" -k 5
+	$(DEMO) $(RV) search "rocket launch to the moon" -k 5 --since 2026-11-01
+	$(DEMO) $(RV) search --like soccer_01 -k 5
+	$(DEMO) $(RV) search --video samples/clips/ocean_02.mp4 -k 3
+	$(DEMO) $(RV) recommend --positive space_01,space_02 --negative cooking_01 -k 5
 
 test: venv
 	$(PY) -m pytest -q
