@@ -39,6 +39,9 @@ class TextEncoder:
 
     def __init__(self, card: ModelCard, weights: Path, cfg: TextConfig, device: str, dtype: torch.dtype) -> None:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # weight-loading bars are noise in service logs
 
         p = card.params
         self.pooling: Pooling = p.get("pooling", "mean")
