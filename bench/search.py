@@ -1,0 +1,353 @@
+"""Fused top-10 search latency of the index backends on synthetic clustered items, all in one run.
+
+Items: 200 Gaussian clusters per modality (visual 512, caption 384, transcript 384; 10% lack `visual`), fused
+with the real `fuse()` into 1280-d as in production; 10 creators so a `creator_id` filter keeps ~10%.
+Contenders, all through `index.VectorIndex`: Qdrant Edge before `optimize()` (plain segments, exhaustive
+scan), Edge after it (HNSW), and the baseline qdrant-client local mode (`QdrantClient(path=...)`, numpy
+brute force, Python-side filters): its queries are bounded (50, and 60 s per measurement) and its upsert is
+capped by a time budget (120 s); the table says where a cap applied.
+Recall@10 is against exact numpy search over the same fused vectors.
+Usage: python bench/search.py [--sizes 10000 100000] [--queries 200]   (appends a section to bench/RESULTS.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version as pkg_version
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qdrant_client import QdrantClient  # noqa: E402
+
+from embedder.config import FusionConfig, IndexConfig  # noqa: E402
+from embedder.fusion import fuse  # noqa: E402
+from embedder.types import FUSED, MODALITIES, ItemEmbedding, Transcript  # noqa: E402
+from index import SearchFilter, VectorIndex, open_index  # noqa: E402
+from index.qdrant import QdrantServerIndex  # noqa: E402
+
+log = logging.getLogger("bench.search")
+
+DIMS = {"visual": 512, "caption": 384, "transcript": 384, FUSED: 1280}
+CLUSTERS = 200
+CREATORS = 10
+NOISE = 0.9  # per-modality noise norm relative to a unit cluster center: intra-cluster cosine ~0.55
+K = 10
+BATCH = 1000
+
+
+@dataclass
+class Data:
+    items: list[ItemEmbedding]
+    fused: np.ndarray  # N x 1280, unit rows (what the index stores)
+    creators: np.ndarray  # N creator indices
+    queries: np.ndarray  # Q x 1280 fresh samples from the clusters, not in the index
+
+
+def unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def make_data(n: int, n_queries: int, seed: int = 0) -> Data:
+    rng = np.random.default_rng(seed)
+    weights = FusionConfig().weights
+    centers = {m: unit(rng.normal(size=(CLUSTERS, DIMS[m]))).astype(np.float32) for m in MODALITIES}
+
+    def sample(cluster: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            m: centers[m][cluster] + NOISE * unit(rng.normal(size=(len(cluster), DIMS[m]))).astype(np.float32)
+            for m in MODALITIES
+        }
+
+    cluster = rng.integers(0, CLUSTERS, n)
+    vecs = sample(cluster)
+    has_visual = rng.random(n) >= 0.1
+    creators = rng.integers(0, CREATORS, n)
+    items, fused = [], np.empty((n, DIMS[FUSED]), dtype=np.float32)
+    for i in range(n):
+        present = {m: vecs[m][i] for m in MODALITIES if m != "visual" or has_visual[i]}
+        present[FUSED] = fused[i] = fuse(present, weights, DIMS)
+        items.append(
+            ItemEmbedding(
+                item_id=f"item-{i:07d}",
+                vectors=present,
+                modalities=[m for m in present if m != FUSED],
+                transcript=Transcript("synthetic transcript " * 8, "en"),
+                caption=f"clip {i} of cluster {cluster[i]}",
+                hashtags=[f"#c{cluster[i]}"],
+                creator_id=f"creator-{creators[i]}",
+                created_at=datetime(2024, 1, 1, tzinfo=UTC),
+                duration_s=15.0,
+                models={"bench": "0"},
+                schema_version="bench",
+                decoder="none",
+                frame_timestamps_s=[],
+                timings_ms={},
+            )
+        )
+    qv = sample(rng.integers(0, CLUSTERS, n_queries))
+    queries = np.stack([fuse({m: qv[m][j] for m in MODALITIES}, weights, DIMS) for j in range(n_queries)])
+    return Data(items, unit(fused), creators, queries.astype(np.float32))
+
+
+def exact_topk(data: Data, q: np.ndarray, creator: int | None, limit: int | None = None) -> set[str]:
+    """Exact top-k ids over the first `limit` items (all by default), optionally only one creator's."""
+    scores = data.fused[:limit] @ unit(q)
+    if creator is not None:
+        scores = np.where(data.creators[:limit] == creator, scores, -np.inf)
+    top = np.argpartition(-scores, K)[:K]
+    return {data.items[i].item_id for i in top}
+
+
+@dataclass
+class Run:
+    name: str
+    size: int  # the size of this round
+    points: int  # points actually loaded (the baseline may be capped)
+    upsert_s: float | None = None
+    optimize_s: float | None = None
+    reopen_s: float | None = None
+    lat: dict[str, list[float]] = field(default_factory=dict)  # "plain"/"filtered" -> seconds per query
+    recall: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def p(self, kind: str, q: float) -> float | None:
+        xs = self.lat.get(kind)
+        return float(np.percentile(xs, q) * 1000) if xs else None
+
+
+def upsert_all(
+    index: VectorIndex, items: list[ItemEmbedding], budget_s: float | None = None
+) -> tuple[float, int]:
+    """(seconds, points written) in batches of BATCH; stops after the batch that exceeds `budget_s`."""
+    t0 = time.perf_counter()
+    written = 0
+    for start in range(0, len(items), BATCH):
+        rep = index.upsert(items[start : start + BATCH])
+        assert not rep.failed, rep.failed[:3]
+        written += len(rep.written)
+        if budget_s is not None and time.perf_counter() - t0 > budget_s and written < len(items):
+            log.warning("upsert budget of %.0fs spent after %d points: capping", budget_s, written)
+            break
+    return time.perf_counter() - t0, written
+
+
+def measure(
+    run: Run,
+    index: VectorIndex,
+    data: Data,
+    n_queries: int,
+    truth: Callable[[int, int | None], set[str]],
+    budget_s: float | None = None,
+) -> None:
+    """Latency of fused top-10 search without and with a creator filter, plus recall@10 against `truth`;
+    each of the two stops early (after >= 5 queries) once `budget_s` is spent."""
+    for kind in ("plain", "filtered"):
+        index.search(data.queries[0], k=K)  # warm-up
+        lat, rec = [], []
+        started = time.perf_counter()
+        for j in range(n_queries):
+            creator = j % CREATORS if kind == "filtered" else None
+            flt = SearchFilter(creator_id=f"creator-{creator}") if creator is not None else None
+            t0 = time.perf_counter()
+            hits = index.search(data.queries[j], using=FUSED, k=K, flt=flt)
+            lat.append(time.perf_counter() - t0)
+            rec.append(len({h.item_id for h in hits} & truth(j, creator)) / K)
+            if budget_s is not None and j >= 4 and time.perf_counter() - started > budget_s:
+                break
+        run.lat[kind] = lat
+        run.recall[kind] = float(np.mean(rec))
+        log.info(
+            "%s %s: %d queries, p50 %.2f ms, recall@10 %.3f",
+            run.name,
+            kind,
+            len(lat),
+            run.p(kind, 50),
+            run.recall[kind],
+        )
+
+
+def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> list[Run]:
+    t0 = time.perf_counter()
+    data = make_data(n, args.queries)
+    log.info("generated %d items in %.1fs", n, time.perf_counter() - t0)
+    cache: dict[tuple[int, int | None], set[str]] = {}
+
+    def truth(j: int, creator: int | None) -> set[str]:
+        if (j, creator) not in cache:
+            cache[(j, creator)] = exact_topk(data, data.queries[j], creator)
+        return cache[(j, creator)]
+
+    runs = []
+    # --- Qdrant Edge ------------------------------------------------------------------------------
+    cfg = IndexConfig(backend="edge", path=workdir / f"edge-{n}", optimize_after_upserts=10**9)
+    before, after = Run("edge, before optimize()", n, n), Run("edge, after optimize()", n, n)
+    index = open_index(cfg, DIMS, "bench")
+    before.upsert_s, _ = upsert_all(index, data.items)
+    measure(before, index, data, args.queries, truth)
+    t = time.perf_counter()
+    index.optimize()
+    after.optimize_s = time.perf_counter() - t
+    after.upsert_s = before.upsert_s
+    measure(after, index, data, args.queries, truth)
+    index.close()
+    t = time.perf_counter()
+    with open_index(cfg, DIMS, "bench", create=False) as again:
+        assert again.count() == n
+        after.reopen_s = time.perf_counter() - t
+        again.search(data.queries[0], k=K)
+    runs += [before, after]
+
+    # --- baseline: qdrant-client local mode ----------------------------------------------------------
+    path = workdir / f"local-{n}"
+    qcfg = IndexConfig(backend="qdrant")  # the client is injected; url unused
+    base = Run("qdrant-client local (baseline)", n, n)
+    client = QdrantClient(path=str(path))
+    index = QdrantServerIndex(qcfg, DIMS, "bench", client=client)
+    base.upsert_s, base.points = upsert_all(index, data.items, args.baseline_upsert_budget)
+    if base.points < n:
+        base.note = f"upsert capped at {base.points:,} points ({args.baseline_upsert_budget:.0f}s budget)"
+
+    def base_truth(j: int, creator: int | None) -> set[str]:
+        return (
+            truth(j, creator) if base.points == n else exact_topk(data, data.queries[j], creator, base.points)
+        )
+
+    measure(base, index, data, args.baseline_queries, base_truth, args.baseline_query_budget)
+    index.close()
+    client.close()
+    t = time.perf_counter()
+    client = QdrantClient(path=str(path))
+    with QdrantServerIndex(qcfg, DIMS, "bench", client=client, create=False) as again:
+        assert again.count() == base.points
+        base.reopen_s = time.perf_counter() - t
+    client.close()
+    runs.append(base)
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(cfg.path, ignore_errors=True)
+    return runs
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(runs: list[Run], args: argparse.Namespace) -> str:
+    head = (
+        "| points | backend | upsert s | optimize s | reopen s | queries plain/filtered | p50 ms | p99 ms | "
+        "p50 ms filtered | p99 ms filtered | recall@10 | recall@10 filtered | note |\n" + "|---" * 13 + "|\n"
+    )
+    rows = []
+    for r in runs:
+        nq = f"{len(r.lat.get('plain', []))}/{len(r.lat.get('filtered', []))}"
+        rows.append(
+            f"| {r.points:,} | {r.name} | {fmt(r.upsert_s, '.1f')} | {fmt(r.optimize_s, '.1f')} | "
+            f"{fmt(r.reopen_s)} | {nq} | {fmt(r.p('plain', 50))} | {fmt(r.p('plain', 99))} | "
+            f"{fmt(r.p('filtered', 50))} | {fmt(r.p('filtered', 99))} | {r.recall['plain']:.3f} | "
+            f"{r.recall['filtered']:.3f} | {r.note} |"
+        )
+    ratios = []
+    for n in args.sizes:
+        before, after, base = (
+            next(r for r in runs if r.size == n and r.name.startswith(p))
+            for p in ("edge, before", "edge, after", "qdrant-client")
+        )
+        parts = []
+        for kind in ("plain", "filtered"):
+            b, e0, e = base.p(kind, 50), before.p(kind, 50), after.p(kind, 50)
+            assert b is not None and e0 is not None and e is not None
+            parts.append(
+                f"{kind} p50: baseline/edge-optimized {b / e:.1f}x, edge-unoptimized/edge-optimized "
+                f"{e0 / e:.1f}x"
+            )
+        assert base.upsert_s and after.upsert_s and base.reopen_s and after.reopen_s
+        per_point = (base.upsert_s / base.points) / (after.upsert_s / n)
+        parts.append(f"upsert time per point baseline/edge {per_point:.1f}x")
+        parts.append(
+            f"reopen baseline/edge {base.reopen_s / after.reopen_s:.1f}x"
+            + (f" (baseline holds {base.points:,} points)" if base.note else "")
+        )
+        ratios.append(f"- {n:,} points: " + "; ".join(parts))
+    return head + "\n".join(rows) + "\n\nRatios (medians):\n" + "\n".join(ratios) + "\n"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"qdrant-edge-py {pkg_version('qdrant-edge-py')}, qdrant-client {pkg_version('qdrant-client')}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--queries", type=int, default=200, help="queries per Edge measurement")
+    ap.add_argument("--baseline-queries", type=int, default=50, help="queries per baseline measurement")
+    ap.add_argument(
+        "--baseline-query-budget",
+        type=float,
+        default=60.0,
+        help="seconds after which a baseline measurement stops (its query count says how many ran)",
+    )
+    ap.add_argument(
+        "--baseline-upsert-budget",
+        type=float,
+        default=180.0,
+        help="seconds after which the baseline's upsert stops (its table row says so)",
+    )
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a temp dir)")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not append to bench/RESULTS.md")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("index").setLevel(logging.WARNING)
+
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="reelvec-bench-", dir=args.workdir))
+    runs: list[Run] = []
+    try:
+        for n in args.sizes:
+            runs += bench_size(n, args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    cmd = "python bench/search.py " + " ".join(sys.argv[1:])
+    section = (
+        f"\n## search — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+        f"Command: `{cmd.strip()}` · {machine()} · total {time.perf_counter() - t0:.0f}s · "
+        f"1-min load average {load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end\n\n"
+        f"Fused (1280-d) top-{K} search through `VectorIndex.search`, one query at a time; "
+        f"{CLUSTERS} Gaussian clusters per modality, 10% of items without `visual`; "
+        "filter = `creator_id` keyword (~10% of points); "
+        f"Edge HNSW m={IndexConfig().hnsw_m}, ef_construct={IndexConfig().hnsw_ef_construct}, "
+        f"search ef={IndexConfig().search_ef}; upserts in batches of {BATCH} (one flush each). "
+        "Recall@10 against exact numpy search over the same vectors.\n\n" + table(runs, args)
+    )
+    print(section)
+    if not args.no_write:
+        with open(ROOT / "bench/RESULTS.md", "a") as f:
+            f.write(section)
+
+
+if __name__ == "__main__":
+    main()
