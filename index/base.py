@@ -212,8 +212,7 @@ class VectorIndex(abc.ABC):
         unknown = set(dims) - {*MODALITIES, FUSED}
         if unknown or FUSED not in dims or any(int(d) < 1 for d in dims.values()):
             raise ValueError(
-                f"dims must map a subset of {[*MODALITIES, FUSED]} (with {FUSED!r}) to sizes >= 1, "
-                f"got {dict(dims)}"
+                f"dims must map a subset of {[*MODALITIES, FUSED]} (with {FUSED!r}) to sizes >= 1, got {dict(dims)}"
             )
         self._cfg = cfg
         self._dims = {name: int(dims[name]) for name in [*MODALITIES, FUSED] if name in dims}
@@ -278,18 +277,14 @@ class VectorIndex(abc.ABC):
         r = records[0]
         return StoredItem(item_id=item_id, vectors=r.vectors, payload=r.payload)
 
-    def search(
-        self, vector: np.ndarray, using: str = FUSED, k: int = 10, flt: SearchFilter | None = None
-    ) -> list[Hit]:
+    def search(self, vector: np.ndarray, using: str = FUSED, k: int = 10, flt: SearchFilter | None = None) -> list[Hit]:
         """Top-k items by cosine on one named vector."""
         self._check_open()
         self._check_k(k)
         vec = self._check_query_vector(using, vector)
         return self._search(vec, using, k, filter_terms(flt))
 
-    def search_multi(
-        self, vectors: dict[str, np.ndarray], k: int = 10, flt: SearchFilter | None = None
-    ) -> list[Hit]:
+    def search_multi(self, vectors: dict[str, np.ndarray], k: int = 10, flt: SearchFilter | None = None) -> list[Hit]:
         """One prefetch per named vector given, fused by reciprocal rank (scores are RRF, not cosines)."""
         self._check_open()
         self._check_k(k)
@@ -297,6 +292,17 @@ class VectorIndex(abc.ABC):
             raise StoreError("bad_query", "search_multi needs at least one named vector")
         checked = {name: self._check_query_vector(name, v) for name, v in vectors.items()}
         return self._search_multi(checked, k, max(50, 4 * k), filter_terms(flt))
+
+    def search_like(self, item_id: str, using: str = FUSED, k: int = 10, flt: SearchFilter | None = None) -> list[Hit]:
+        """More like a stored item: cosine search with its stored vector; the item itself never comes back."""
+        self._check_open()
+        self._check_k(k)
+        self._check_using(using)
+        stored = self.get(item_id)
+        if using not in stored.vectors:
+            raise StoreError("bad_query", f"item {item_id!r} has no {using!r} vector")
+        vec = self._check_query_vector(using, stored.vectors[using])
+        return self._search(vec, using, k, filter_terms(flt, extra_exclude=[item_id]))
 
     def recommend(
         self,
@@ -315,9 +321,7 @@ class VectorIndex(abc.ABC):
         self._check_using(using)
         examples = list(dict.fromkeys([*positive, *negative]))
         pids = {point_id(i): i for i in examples}
-        found = {
-            pids[r.id]: r for r in self._retrieve_all(list(pids), with_payload=False, with_vectors=[using])
-        }
+        found = {pids[r.id]: r for r in self._retrieve_all(list(pids), with_payload=False, with_vectors=[using])}
         missing = [i for i in examples if i not in found]
         if missing:
             raise StoreError("unknown_item", f"unknown example item(s) in {self._collection}: {missing}")
@@ -351,9 +355,7 @@ class VectorIndex(abc.ABC):
     def __enter__(self) -> VectorIndex:
         return self
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -395,9 +397,7 @@ class VectorIndex(abc.ABC):
                 return "bad_vector", f"{name}: {problem}"
         return None
 
-    def _retrieve_all(
-        self, ids: list[str], with_payload: bool, with_vectors: bool | list[str]
-    ) -> list[Record]:
+    def _retrieve_all(self, ids: list[str], with_payload: bool, with_vectors: bool | list[str]) -> list[Record]:
         out: list[Record] = []
         for start in range(0, len(ids), _RETRIEVE_CHUNK):
             out.extend(self._retrieve(ids[start : start + _RETRIEVE_CHUNK], with_payload, with_vectors))
@@ -417,9 +417,7 @@ class VectorIndex(abc.ABC):
     def _delete(self, point_ids: list[str]) -> None: ...
 
     @abc.abstractmethod
-    def _retrieve(
-        self, point_ids: list[str], with_payload: bool, with_vectors: bool | list[str]
-    ) -> list[Record]:
+    def _retrieve(self, point_ids: list[str], with_payload: bool, with_vectors: bool | list[str]) -> list[Record]:
         """Existing points among `point_ids` (absent ones are skipped, order not guaranteed)."""
 
     @abc.abstractmethod

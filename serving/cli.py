@@ -373,7 +373,7 @@ def search(
         index = _open_index(cfg, create=False)
         try:
             if like is not None:
-                hits = index.recommend([like], [], using=using, k=k, flt=flt)
+                hits = index.search_like(like, using=using, k=k, flt=flt)
                 title = f"more like {like}"
             else:
                 emb = ItemEmbedder(cfg)

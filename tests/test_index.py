@@ -103,9 +103,7 @@ class Backend:
         schema_version: str = "v1",
         dims: dict[str, int] | None = None,
     ) -> VectorIndex:
-        idx = open_index(
-            self.cfg, dims or DIMS, schema_version, version=version, create=create, client=self.client
-        )
+        idx = open_index(self.cfg, dims or DIMS, schema_version, version=version, create=create, client=self.client)
         self.opened.append(idx)
         return idx
 
@@ -113,9 +111,7 @@ class Backend:
 @pytest.fixture(params=["edge", "qdrant"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "edge":
-        b = Backend(
-            "edge", IndexConfig(backend="edge", path=tmp_path / "index", transcript_payload_chars=50), None
-        )
+        b = Backend("edge", IndexConfig(backend="edge", path=tmp_path / "index", transcript_payload_chars=50), None)
     else:
         b = Backend(
             "qdrant",
@@ -209,9 +205,7 @@ def test_upsert_validates_every_item_before_writing(backend: Backend) -> None:
     not_json = make_item("not-json", 0, rng, metadata={"when": datetime.now(UTC)})
     # Invalid items interleaved with valid ones: an engine that writes a batch point by point would
     # otherwise keep a prefix of it.
-    report = index.upsert(
-        [good[0], wrong_dim, good[1], nan, no_fused, unknown, zero, blank, not_json, good[2]]
-    )
+    report = index.upsert([good[0], wrong_dim, good[1], nan, no_fused, unknown, zero, blank, not_json, good[2]])
     assert report.written == [g.item_id for g in good]
     assert {f.item_id: f.reason for f in report.failed} == {
         "bad-dim": "bad_vector",
@@ -230,18 +224,14 @@ def test_upsert_validates_every_item_before_writing(backend: Backend) -> None:
 def test_payload_shape(backend: Backend) -> None:
     index = backend.open()
     naive = datetime(2024, 5, 6, 7, 8, 9)  # naive = UTC
-    item = make_item(
-        "p-1", 0, np.random.default_rng(3), created_at=naive, transcript="x" * 500, language="de"
-    )
+    item = make_item("p-1", 0, np.random.default_rng(3), created_at=naive, transcript="x" * 500, language="de")
     index.upsert([item])
     p = index.get("p-1").payload
     assert p["item_id"] == "p-1" and p["language"] == "de" and p["hashtags"] == ["#t0"]
     assert p["transcript"] == "x" * 50  # cfg.transcript_payload_chars
     assert p["created_at"] == "2024-05-06T07:08:09Z"
     assert p["created_at_ts"] == naive.replace(tzinfo=UTC).timestamp()
-    assert (
-        p["models"] == {"minilm-l6-v2": "1"} and p["schema_version"] == "v1" and p["metadata"] == {"topic": 0}
-    )
+    assert p["models"] == {"minilm-l6-v2": "1"} and p["schema_version"] == "v1" and p["metadata"] == {"topic": 0}
     hit = index.search(item.vectors[FUSED], k=1)[0]
     assert hit.item_id == "p-1" and hit.score == pytest.approx(1.0, abs=1e-4)
     js = hit.to_json()
@@ -386,9 +376,7 @@ def test_versions_alias_and_explicit_target(backend: Backend) -> None:
     assert active_version(backend.cfg, **kw) == "vA-1"
 
     served = backend.open(schema_version="vB.2")
-    assert (
-        served.version == "vA-1" and served.count() == 1 and served.existing(["only-in-a"]) == {"only-in-a"}
-    )
+    assert served.version == "vA-1" and served.count() == 1 and served.existing(["only-in-a"]) == {"only-in-a"}
     served.close()
 
     set_active_version(backend.cfg, "vB.2", **kw)
@@ -424,9 +412,7 @@ def _run_child(body: str) -> subprocess.CompletedProcess[str]:
     """Run CHILD_PRELUDE + body in a fresh interpreter (a separate process, as another server would be)."""
     code = textwrap.dedent(CHILD_PRELUDE) + textwrap.dedent(body)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 CHILD_PRELUDE = f"""
@@ -513,9 +499,7 @@ def test_edge_alias_file_is_replaced_atomically(tmp_path: Path) -> None:
     assert reason_of(lambda: active_version(cfg)) == "bad_alias"
 
 
-def test_edge_optimizes_in_background_after_enough_upserts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_edge_optimizes_in_background_after_enough_upserts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from index.edge import EdgeIndex
 
     calls: list[str] = []
@@ -569,3 +553,15 @@ def test_collection_name_must_be_path_safe(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"index\.collection"):
         open_index(IndexConfig(backend="edge", path=tmp_path, collection="../escape"), DIMS, "v1")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_search_like_is_cosine_and_excludes_itself(idx: VectorIndex, corpus: list[ItemEmbedding]) -> None:
+    me = corpus[0].item_id
+    hits = idx.search_like(me, k=5)
+    direct = idx.search(idx.get(me).vectors[FUSED], k=6)
+    assert me not in [h.item_id for h in hits] and direct[0].item_id == me
+    assert [h.item_id for h in direct[1:]] == [h.item_id for h in hits]
+    assert abs(direct[1].score - hits[0].score) < 1e-5
+    assert topic_of(hits[0].item_id) == topic_of(me)
+    assert reason_of(lambda: idx.search_like("nope")) == "unknown_item"
+    assert reason_of(lambda: idx.search_like(me, k=0)) == "bad_query"
