@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,9 +20,6 @@ from embedder.asr import Transcriber
 from embedder.cards import load_card
 from embedder.config import LimitsConfig, ModelRef, ReelvecConfig
 from embedder.decode import Decoder
-from embedder.encoders.clip import ClipEncoder
-from embedder.encoders.text import TextEncoder, truncate_words
-from embedder.factory import load_model
 from embedder.fusion import fuse, fused_dim
 from embedder.types import (
     FUSED,
@@ -36,6 +33,10 @@ from embedder.types import (
     ReelvecError,
     Transcript,
 )
+
+if TYPE_CHECKING:
+    from embedder.encoders.clip import ClipEncoder
+    from embedder.encoders.text import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ def embedding_spec(cfg: ReelvecConfig) -> EmbeddingSpec:
 
 def load_optional(ref: ModelRef, cfg: ReelvecConfig) -> Any:
     """Load a model; when absent and optional, warn loudly and return None (required → raise)."""
+    # torch-importing modules load on first use: Ray Data's decode/write workers import this module without them.
+    from embedder.factory import load_model
+
     try:
         return load_model(ref.card, cfg)
     except ModelUnavailableError as e:
@@ -114,6 +118,8 @@ def caption_text(item: ItemInput) -> str:
 
 
 def transcript_text(transcript: Transcript, max_chars: int) -> str:
+    from embedder.encoders.text import truncate_words
+
     return truncate_words(transcript.text, max_chars)
 
 
@@ -154,6 +160,25 @@ def assemble(
         timings_ms={k: round(v, 3) for k, v in timings.items()},
         metadata=item.metadata,
     )
+
+
+def check_query(text: str) -> None:
+    """A search query must have some text."""
+    if not text.strip():
+        raise MediaError("empty_query", "query text is empty")
+
+
+def query_vectors(spec: EmbeddingSpec, visual: np.ndarray | None, text: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Query vectors per modality plus fused: the CLIP text-tower vector vs `visual`, the text-encoder
+    query vector vs both `caption` and `transcript` (shared by `ItemEmbedder` and the Serve ingress)."""
+    vecs: dict[str, np.ndarray] = {}
+    if visual is not None:
+        vecs["visual"] = visual
+    if text is not None:
+        vecs["caption"] = text
+        vecs["transcript"] = text
+    vecs[FUSED] = fuse(vecs, spec.weights, spec.dims)
+    return vecs
 
 
 class ItemEmbedder:
@@ -237,17 +262,10 @@ class ItemEmbedder:
 
     def encode_query(self, text: str) -> dict[str, np.ndarray]:
         """Query text → CLIP text tower (vs `visual`), text encoder (vs `caption`/`transcript`), and fused."""
-        if not text.strip():
-            raise MediaError("empty_query", "query text is empty")
-        vecs: dict[str, np.ndarray] = {}
-        if self.clip is not None:
-            vecs["visual"] = self.clip.encode_text([text])[0]
-        if self.text is not None:
-            q = self.text.encode([text], kind="query")[0]
-            vecs["caption"] = q
-            vecs["transcript"] = q
-        vecs[FUSED] = fuse(vecs, self.spec.weights, self.spec.dims)
-        return vecs
+        check_query(text)
+        visual = self.clip.encode_text([text])[0] if self.clip is not None else None
+        textual = self.text.encode([text], kind="query")[0] if self.text is not None else None
+        return query_vectors(self.spec, visual, textual)
 
     def close(self) -> None:
         self.decoder.close()

@@ -1,0 +1,110 @@
+"""The HTTP upload guard: API key, content type and a size cap enforced while the body streams in.
+
+An upload is only ever bytes from the request's `file` part: no field is interpreted as a path or URL,
+so a client cannot make the server read its own files or fetch anything.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from embedder.config import LimitsConfig
+from embedder.types import MediaError
+from serving.schemas import ApiError, ItemMetadata
+
+API_KEY_HEADER = "X-API-Key"
+# File types a browser or client may declare for a clip; anything else is a 415 before decoding.
+_VIDEO_TYPES = ("video/", "application/octet-stream", "application/mp4")
+# Room for the multipart framing and the text fields around the file (caption is UTF-8, up to 4 bytes a char).
+_FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+def check_api_key(request: Request, expected: str | None) -> None:
+    """401 without a key, 403 with a wrong one; a no-op when `serve.api_key` is not configured."""
+    if not expected:
+        return
+    given = request.headers.get(API_KEY_HEADER)
+    if not given:
+        raise ApiError("unauthorized", f"missing {API_KEY_HEADER} header", 401)
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError("forbidden", f"wrong {API_KEY_HEADER}", 403)
+
+
+def body_cap(limits: LimitsConfig) -> int:
+    """Most bytes a multipart upload may take: the file limit plus the form around it."""
+    return limits.max_bytes + _FORM_OVERHEAD_BYTES + 4 * limits.max_caption_chars
+
+
+async def _capped(request: Request, cap: int) -> AsyncIterator[bytes]:
+    """The request body, refused with 413 as soon as it passes `cap` (the rest is never read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise MediaError("too_large", f"request body of {declared} bytes > {cap} (limits.max_bytes + form)")
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > cap:
+            raise MediaError("too_large", f"request body over {cap} bytes (limits.max_bytes + form)")
+        yield chunk
+
+
+@dataclass
+class UploadForm:
+    """A parsed upload: the file's bytes plus the text fields."""
+
+    media: bytes
+    filename: str | None
+    fields: dict[str, str]
+
+
+async def read_form(request: Request, limits: LimitsConfig, file_required: bool = True) -> UploadForm:
+    """Stream and parse a multipart form with at most one file; 415 unless multipart, 413 over the cap."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise ApiError("unsupported_media_type", f"expected multipart/form-data, got {ctype or 'nothing'}", 415)
+    parser = MultiPartParser(
+        request.headers,
+        _capped(request, body_cap(limits)),
+        max_files=1,
+        max_fields=16,
+        max_part_size=_FORM_OVERHEAD_BYTES + 4 * limits.max_caption_chars,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise ApiError("bad_form", f"malformed multipart body: {e}", 422) from e
+    try:
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            if file_required or upload is not None:
+                raise ApiError("missing_file", "`file` must be an uploaded file part (paths and URLs are refused)")
+            return UploadForm(b"", None, fields)
+        assert isinstance(upload, UploadFile)
+        declared = (upload.content_type or "").lower()
+        if declared and not declared.startswith(_VIDEO_TYPES):
+            raise ApiError("unsupported_media_type", f"file part is {declared}, expected a video/* type", 415)
+        media = await upload.read()
+    finally:
+        await form.close()
+    if len(media) > limits.max_bytes:
+        raise MediaError("too_large", f"{len(media)} bytes > limits.max_bytes={limits.max_bytes}")
+    return UploadForm(media, upload.filename, fields)
+
+
+def parse_metadata(raw: str | None) -> ItemMetadata:
+    """The `metadata` JSON field; malformed JSON or unknown keys are a 422 `bad_metadata`."""
+    if raw is None or not raw.strip():
+        return ItemMetadata()
+    try:
+        return ItemMetadata.model_validate_json(raw)
+    except ValidationError as e:
+        errors = "; ".join(f"{'.'.join(map(str, x['loc'])) or '<root>'}: {x['msg']}" for x in e.errors())
+        raise ApiError("bad_metadata", f"metadata is not valid JSON of the expected shape: {errors}") from e
