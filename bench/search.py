@@ -129,9 +129,7 @@ class Run:
         return float(np.percentile(xs, q) * 1000) if xs else None
 
 
-def upsert_all(
-    index: VectorIndex, items: list[ItemEmbedding], budget_s: float | None = None
-) -> tuple[float, int]:
+def upsert_all(index: VectorIndex, items: list[ItemEmbedding], budget_s: float | None = None) -> tuple[float, int]:
     """(seconds, points written) in batches of BATCH; stops after the batch that exceeds `budget_s`."""
     t0 = time.perf_counter()
     written = 0
@@ -222,9 +220,7 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> list[Run]:
         base.note = f"upsert capped at {base.points:,} points ({args.baseline_upsert_budget:.0f}s budget)"
 
     def base_truth(j: int, creator: int | None) -> set[str]:
-        return (
-            truth(j, creator) if base.points == n else exact_topk(data, data.queries[j], creator, base.points)
-        )
+        return truth(j, creator) if base.points == n else exact_topk(data, data.queries[j], creator, base.points)
 
     measure(base, index, data, args.baseline_queries, base_truth, args.baseline_query_budget)
     index.close()
@@ -270,8 +266,7 @@ def table(runs: list[Run], args: argparse.Namespace) -> str:
             b, e0, e = base.p(kind, 50), before.p(kind, 50), after.p(kind, 50)
             assert b is not None and e0 is not None and e is not None
             parts.append(
-                f"{kind} p50: baseline/edge-optimized {b / e:.1f}x, edge-unoptimized/edge-optimized "
-                f"{e0 / e:.1f}x"
+                f"{kind} p50: baseline/edge-optimized {b / e:.1f}x, edge-unoptimized/edge-optimized {e0 / e:.1f}x"
             )
         assert base.upsert_s and after.upsert_s and base.reopen_s and after.reopen_s
         per_point = (base.upsert_s / base.points) / (after.upsert_s / n)

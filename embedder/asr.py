@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from embedder.cards import ModelCard
 from embedder.config import AsrConfig
@@ -44,16 +45,20 @@ class Transcriber:
         """Transcript with timestamped segments; empty for missing, silent or speechless audio."""
         if audio is None or audio.size == 0 or float(np.sqrt(np.mean(np.square(audio)))) < _SILENCE_RMS:
             return Transcript.empty()
-        segments, info = self.model.transcribe(
-            np.ascontiguousarray(audio, dtype=np.float32),
-            language=self.language,
-            beam_size=self.cfg.beam_size,
-            vad_filter=self.cfg.vad_filter,
-            # No temperature fallback: sampling made the same clip transcribe differently run to run, and
-            # the endpoint and the backfill must store identical vectors for identical input.
-            temperature=0.0,
-            condition_on_previous_text=False,
-        )
-        segs = tuple(Segment(float(s.start), float(s.end), s.text.strip()) for s in segments if s.text.strip())
+        # One BLAS thread for the mel features: OpenBLAS's thread count (Ray workers get OMP_NUM_THREADS=1, a shell
+        # gets every core) moves them by 1 ulp, which flipped greedy tokens on a sample clip ("egg and" vs
+        # "eggplant"), so the backfill and `embed` stored different transcripts for the same clip.
+        with threadpool_limits(limits=1, user_api="blas"):
+            segments, info = self.model.transcribe(
+                np.ascontiguousarray(audio, dtype=np.float32),
+                language=self.language,
+                beam_size=self.cfg.beam_size,
+                vad_filter=self.cfg.vad_filter,
+                # No temperature fallback: sampling made the same clip transcribe differently run to run, and
+                # the endpoint and the backfill must store identical vectors for identical input.
+                temperature=0.0,
+                condition_on_previous_text=False,
+            )
+            segs = tuple(Segment(float(s.start), float(s.end), s.text.strip()) for s in segments if s.text.strip())
         text = " ".join(s.text for s in segs).strip()
         return Transcript(text=text, language=info.language if text else None, segments=segs)

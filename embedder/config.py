@@ -143,6 +143,8 @@ class ServeConfig(_Section):
 
 
 class BackfillConfig(_Section):
+    """Ray Data backfill: actor-pool sizes, batch sizes, GPUs per model actor and the failure budget."""
+
     decode_concurrency: int = Field(2, ge=1)
     encode_concurrency: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1)

@@ -130,8 +130,7 @@ def open_index(
         return index
     if active != schema_version:
         log.warning(
-            "alias %s serves version %s but the embedder produces %s: queries mix schemas until "
-            "the alias moves",
+            "alias %s serves version %s but the embedder produces %s: queries mix schemas until the alias moves",
             cfg.collection,
             active,
             schema_version,

@@ -68,9 +68,7 @@ def list_edge_versions(cfg: IndexConfig) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(
-        p.name[len(prefix) :]
-        for p in root.iterdir()
-        if p.name.startswith(prefix) and (p / CONFIG_MARKER).is_file()
+        p.name[len(prefix) :] for p in root.iterdir() if p.name.startswith(prefix) and (p / CONFIG_MARKER).is_file()
     )
 
 
@@ -164,9 +162,7 @@ def _edge_filter(terms: FilterTerms) -> qe.Filter | None:
     if terms.language is not None:
         must.append(qe.FieldCondition(key="language", match=qe.MatchValue(terms.language)))
     if terms.ts_gte is not None or terms.ts_lt is not None:
-        must.append(
-            qe.FieldCondition(key="created_at_ts", range=qe.RangeFloat(gte=terms.ts_gte, lt=terms.ts_lt))
-        )
+        must.append(qe.FieldCondition(key="created_at_ts", range=qe.RangeFloat(gte=terms.ts_gte, lt=terms.ts_lt)))
     must_not: list[Any] = []
     if terms.exclude_point_ids:
         must_not.append(qe.HasIdCondition({uuid.UUID(p) for p in terms.exclude_point_ids}))
@@ -205,9 +201,7 @@ class EdgeIndex(VectorIndex):
         except BaseException:
             _release_lock(self._lock_fd)
             raise
-        log.info(
-            "opened edge index %s (%d points) in %.2fs", self._dir, self._count(), time.perf_counter() - t0
-        )
+        log.info("opened edge index %s (%d points) in %.2fs", self._dir, self._count(), time.perf_counter() - t0)
         self._write_lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self._since_optimize = 0
@@ -220,9 +214,7 @@ class EdgeIndex(VectorIndex):
 
     def _edge_config(self) -> qe.EdgeConfig:
         return qe.EdgeConfig(
-            vectors={
-                n: qe.EdgeVectorParams(size=d, distance=qe.Distance.Cosine) for n, d in self._dims.items()
-            },
+            vectors={n: qe.EdgeVectorParams(size=d, distance=qe.Distance.Cosine) for n, d in self._dims.items()},
             hnsw_config=qe.HnswIndexConfig(
                 m=self._cfg.hnsw_m, ef_construct=self._cfg.hnsw_ef_construct, full_scan_threshold=10_000
             ),
@@ -240,10 +232,7 @@ class EdgeIndex(VectorIndex):
     def _upsert(self, points: list[PointData]) -> None:
         # Lists, not arrays: the binding converts a list ~4x faster than it iterates a numpy array.
         ops = qe.UpdateOperation.upsert_points(
-            [
-                qe.Point(uuid.UUID(p.id), {n: v.tolist() for n, v in p.vectors.items()}, p.payload)
-                for p in points
-            ]
+            [qe.Point(uuid.UUID(p.id), {n: v.tolist() for n, v in p.vectors.items()}, p.payload) for p in points]
         )
         with self._write_lock, _engine(f"upsert into {self._dir}"):
             self._shard.update(ops)
@@ -273,9 +262,7 @@ class EdgeIndex(VectorIndex):
             if self._optimizer is not None and self._optimizer.is_alive():
                 return
             # Not a daemon: interpreter exit waits for the optimizer instead of abandoning it mid-run.
-            self._optimizer = threading.Thread(
-                target=self._background_optimize, name=f"optimize-{self._collection}"
-            )
+            self._optimizer = threading.Thread(target=self._background_optimize, name=f"optimize-{self._collection}")
             self._optimizer.start()
 
     def _background_optimize(self) -> None:
@@ -302,9 +289,7 @@ class EdgeIndex(VectorIndex):
 
     # ---- reads ----------------------------------------------------------------------------------------
 
-    def _retrieve(
-        self, point_ids: list[str], with_payload: bool, with_vectors: bool | list[str]
-    ) -> list[Record]:
+    def _retrieve(self, point_ids: list[str], with_payload: bool, with_vectors: bool | list[str]) -> list[Record]:
         with _engine(f"retrieve from {self._dir}"):
             records = self._shard.retrieve(
                 [uuid.UUID(p) for p in point_ids], with_payload=with_payload, with_vector=with_vectors
@@ -355,9 +340,7 @@ class EdgeIndex(VectorIndex):
     def _recommend(
         self, positive: list[np.ndarray], negative: list[np.ndarray], using: str, k: int, terms: FilterTerms
     ) -> list[Hit]:
-        query = qe.RecommendQuery(
-            positives=[v.tolist() for v in positive], negatives=[v.tolist() for v in negative]
-        )
+        query = qe.RecommendQuery(positives=[v.tolist() for v in positive], negatives=[v.tolist() for v in negative])
         return self._run(self._request(qe.Query.RecommendBestScore(query, using=using), k, terms))
 
     def _count(self) -> int:

@@ -117,9 +117,7 @@ def set_server_alias(cfg: IndexConfig, version: str, client: QdrantClient) -> No
         if server_alias(cfg, client) is not None:
             ops.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=cfg.collection)))
         ops.append(
-            qm.CreateAliasOperation(
-                create_alias=qm.CreateAlias(collection_name=target, alias_name=cfg.collection)
-            )
+            qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=cfg.collection))
         )
         client.update_collection_aliases(change_aliases_operations=ops)
 
@@ -179,9 +177,7 @@ class QdrantServerIndex(VectorIndex):
                 raise StoreError("unknown_version", f"no collection {name!r}")
             self._client.create_collection(
                 name,
-                vectors_config={
-                    n: qm.VectorParams(size=d, distance=qm.Distance.COSINE) for n, d in self._dims.items()
-                },
+                vectors_config={n: qm.VectorParams(size=d, distance=qm.Distance.COSINE) for n, d in self._dims.items()},
                 hnsw_config=qm.HnswConfigDiff(m=self._cfg.hnsw_m, ef_construct=self._cfg.hnsw_ef_construct),
             )
             if not _is_local(self._client):  # local mode has no payload indexes (and warns if asked)
@@ -222,9 +218,7 @@ class QdrantServerIndex(VectorIndex):
 
     # ---- reads ----------------------------------------------------------------------------------------
 
-    def _retrieve(
-        self, point_ids: list[str], with_payload: bool, with_vectors: bool | list[str]
-    ) -> list[Record]:
+    def _retrieve(self, point_ids: list[str], with_payload: bool, with_vectors: bool | list[str]) -> list[Record]:
         with _errors(f"retrieve from {self._collection}"):
             records = self._client.retrieve(
                 self._collection, point_ids, with_payload=with_payload, with_vectors=with_vectors
