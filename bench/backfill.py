@@ -4,7 +4,7 @@ The loop is what a first script does: per row `ItemEmbedder.embed` (decode → t
 `upsert([item])`. Each path fills a fresh index (and must store the same vectors); both are timed end to end
 (model loads and actor start-up included, Ray cluster start excluded) and over the second half of the items
 (pipeline full), which is the rate a backfill of millions of rows sees.
-Usage: python bench/backfill.py [--repeat 3] [--encode-concurrency 1 2]   (appends a section to bench/RESULTS.md)
+Usage: python bench/backfill.py [--repeat 3] [--encode-concurrency 1 2]   (writes its section of bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from bench.results import command, publish  # noqa: E402
 from embedder.config import ReelvecConfig, load_config  # noqa: E402
 from embedder.pipeline import ItemEmbedder, embedding_spec  # noqa: E402
 from serving.backfill import inspect_manifest, parse_row, run_backfill  # noqa: E402
@@ -134,7 +135,7 @@ def main() -> None:
     ap.add_argument("--encode-concurrency", type=int, nargs="+", default=[1, 2], help="Ray runs to make")
     ap.add_argument("--decode-concurrency", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--no-write", action="store_true", help="print only, do not append to bench/RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not write bench/RESULTS.md")
     args = ap.parse_args()
 
     import ray
@@ -181,20 +182,16 @@ def main() -> None:
         for r in runs
         if r.stage_s
     )
-    cmd = "python bench/backfill.py " + " ".join(sys.argv[1:])
     section = (
         f"\n## backfill — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-        f"Command: `{cmd.strip()}` · manifest of {n} rows (the 16 sample clips x {args.repeat}, distinct ids) · "
+        f"Command: `{command()}` · manifest of {n} rows (the 16 sample clips x {args.repeat}, distinct ids) · "
         f"{platform.machine()}, {os.cpu_count()} cores, device cpu, CLIP weights absent (modality off) · "
         f"Edge index per path · model loads and actor start-up included, Ray cluster start excluded · "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after · "
         f"stored vectors equal between paths: {all(checks)}\n\n" + header + body + "\n" + stages
     )
-    print(section)
     shutil.rmtree(tmp, ignore_errors=True)
-    if not args.no_write:
-        with open(ROOT / "bench/RESULTS.md", "a") as f:
-            f.write(section)
+    publish("backfill", section, write=not args.no_write)
 
 
 if __name__ == "__main__":

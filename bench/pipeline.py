@@ -3,7 +3,7 @@
 decode: decord sampled (K frames) vs. PyAV full decode of every frame; ASR real-time factor; CLIP images/s
 (ViT-B-32 *architecture*, random init, because no CLIP weights ship offline — throughput only, no output
 used); text encodings/s (MiniLM); end to end items/s, `embed_batch` vs. a one-by-one loop.
-Usage: python bench/pipeline.py [--repeats 3]   (appends a section to bench/RESULTS.md)
+Usage: python bench/pipeline.py [--repeats 3]   (writes its section of bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results import command, publish  # noqa: E402
 from embedder.config import load_config  # noqa: E402
 from embedder.decode import decode_file  # noqa: E402
 from embedder.pipeline import ItemEmbedder  # noqa: E402
@@ -55,7 +56,7 @@ def pyav_full_decode(path: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true", help="print only, do not append to bench/RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not write bench/RESULTS.md")
     args = ap.parse_args()
 
     cfg = load_config()
@@ -130,16 +131,12 @@ def main() -> None:
 
     header = "| stage | reelvec | baseline | ratio (baseline time / reelvec time) |\n|---|---|---|---|\n"
     body = "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in table)
-    cmd = "python bench/pipeline.py " + " ".join(sys.argv[1:])
     section = (
         f"\n## pipeline — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-        f"Command: `{cmd.strip()}` · {n} sample clips · medians of {args.repeats} runs after a warm-up · "
+        f"Command: `{command()}` · {n} sample clips · medians of {args.repeats} runs after a warm-up · "
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, device cpu\n\n" + header + body
     )
-    print(section)
-    if not args.no_write:
-        with open(ROOT / "bench/RESULTS.md", "a") as f:
-            f.write(section)
+    publish("pipeline", section, write=not args.no_write)
 
 
 if __name__ == "__main__":

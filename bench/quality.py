@@ -4,7 +4,7 @@ text→item: each clip has one hand-written paraphrase query (bench/quality_quer
 captions or speech); Recall@1 / Recall@5 = share of queries whose clip is in the top 1 / 5.
 item→item: same-topic precision@3 of each clip's three nearest neighbours (itself excluded).
 A modality whose model is unavailable (CLIP offline) is reported as n/a, never faked.
-Usage: python bench/quality.py   (appends a section to bench/RESULTS.md)
+Usage: python bench/quality.py   (writes its section of bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results import command, publish  # noqa: E402
 from embedder.config import load_config  # noqa: E402
 from embedder.pipeline import ItemEmbedder  # noqa: E402
 from embedder.types import FUSED, MODALITIES, ItemEmbedding, ItemInput  # noqa: E402
@@ -27,7 +28,7 @@ from index import SearchFilter, open_index  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--no-write", action="store_true", help="print only, do not append to bench/RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not write bench/RESULTS.md")
     args = ap.parse_args()
 
     clips_dir = ROOT / "samples/clips"
@@ -76,15 +77,12 @@ def main() -> None:
     unavailable = ", ".join(emb.unavailable) or "none"
     section = (
         f"\n## quality — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-        f"Command: `python bench/quality.py` · {len(rows)} sample clips, 4 topics, {len(queries)} paraphrase "
+        f"Command: `{command()}` · {len(rows)} sample clips, 4 topics, {len(queries)} paraphrase "
         f"queries · Qdrant Edge (exact search below its indexing threshold) · unavailable models: {unavailable}\n\n"
         + header
         + body
     )
-    print(section)
-    if not args.no_write:
-        with open(ROOT / "bench/RESULTS.md", "a") as f:
-            f.write(section)
+    publish("quality", section, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ scan), Edge after it (HNSW), and the baseline qdrant-client local mode (`QdrantC
 brute force, Python-side filters): its queries are bounded (50, and 60 s per measurement) and its upsert is
 capped by a time budget (120 s); the table says where a cap applied.
 Recall@10 is against exact numpy search over the same fused vectors.
-Usage: python bench/search.py [--sizes 10000 100000] [--queries 200]   (appends a section to bench/RESULTS.md)
+Usage: python bench/search.py [--sizes 10000 100000] [--queries 200]   (writes its section of bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from qdrant_client import QdrantClient  # noqa: E402
 
+from bench.results import command, publish  # noqa: E402
 from embedder.config import FusionConfig, IndexConfig  # noqa: E402
 from embedder.fusion import fuse  # noqa: E402
 from embedder.types import FUSED, MODALITIES, ItemEmbedding, Transcript  # noqa: E402
@@ -312,7 +313,7 @@ def main() -> None:
         help="seconds after which the baseline's upsert stops (its table row says so)",
     )
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a temp dir)")
-    ap.add_argument("--no-write", action="store_true", help="print only, do not append to bench/RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not write bench/RESULTS.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("index").setLevel(logging.WARNING)
@@ -326,10 +327,9 @@ def main() -> None:
             runs += bench_size(n, args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    cmd = "python bench/search.py " + " ".join(sys.argv[1:])
     section = (
         f"\n## search — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-        f"Command: `{cmd.strip()}` · {machine()} · total {time.perf_counter() - t0:.0f}s · "
+        f"Command: `{command()}` · {machine()} · total {time.perf_counter() - t0:.0f}s · "
         f"1-min load average {load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end\n\n"
         f"Fused (1280-d) top-{K} search through `VectorIndex.search`, one query at a time; "
         f"{CLUSTERS} Gaussian clusters per modality, 10% of items without `visual`; "
@@ -338,10 +338,7 @@ def main() -> None:
         f"search ef={IndexConfig().search_ef}; upserts in batches of {BATCH} (one flush each). "
         "Recall@10 against exact numpy search over the same vectors.\n\n" + table(runs, args)
     )
-    print(section)
-    if not args.no_write:
-        with open(ROOT / "bench/RESULTS.md", "a") as f:
-            f.write(section)
+    publish("search", section, write=not args.no_write)
 
 
 if __name__ == "__main__":

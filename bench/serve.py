@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from bench.results import command, publish  # noqa: E402
 from embedder.config import ReelvecConfig, load_config  # noqa: E402
 
 log = logging.getLogger("bench.serve")
@@ -200,7 +201,7 @@ def main() -> None:
     ap.add_argument("--uploads", default="5,12,32", help="uploads per level")
     ap.add_argument("--searches", default="40,80,160", help="searches per level")
     ap.add_argument("--transport-uploads", type=int, default=8, help="uploads per frames-transport variant (c=1)")
-    ap.add_argument("--no-write", action="store_true", help="print only, do not append to bench/RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not write bench/RESULTS.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     levels, uploads, searches = _ints(args.levels), _ints(args.uploads), _ints(args.searches)
@@ -272,10 +273,9 @@ def main() -> None:
         "| variant | request | concurrency | n | p50 ms | p99 ms | req/s | errors | mean batch size seen |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
     )
-    cmd = "python bench/serve.py " + " ".join(sys.argv[1:])
     section = (
         f"\n## serve — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-        f"Command: `{cmd.strip()}` · Ray {ray.__version__} local, Serve on 127.0.0.1, HTTP clients in the same "
+        f"Command: `{command()}` · Ray {ray.__version__} local, Serve on 127.0.0.1, HTTP clients in the same "
         f"machine · {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, cpu · "
         f"default config (CLIP weights absent → visual off; text MiniLM, ASR whisper tiny.en, 1 replica each) · "
         f"{len(rows)} sample clips (3-5 s, 320x240) · run took {elapsed:.0f} s\n\n"
@@ -292,10 +292,7 @@ def main() -> None:
         f"encode) {transport['by value'].stage_p50('clip_ms'):.0f} vs {transport['ObjectRef'].stage_p50('clip_ms'):.0f}"
         f" ms → {verdict}.\n"
     )
-    print(section)
-    if not args.no_write:
-        with open(ROOT / "bench/RESULTS.md", "a") as f:
-            f.write(section)
+    publish("serve", section, write=not args.no_write)
 
 
 if __name__ == "__main__":

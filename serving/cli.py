@@ -29,6 +29,14 @@ log = logging.getLogger("reelvec.cli")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Config YAML (default: configs/default.yaml).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+# Result size, vector and filters shared by `search` and `recommend`.
+KOpt = Annotated[int, typer.Option("-k", help="Number of results.")]
+UsingOpt = Annotated[str, typer.Option(help="Vector to compare: fused, visual, caption or transcript.")]
+CreatorOpt = Annotated[str | None, typer.Option(help="Only this creator id.")]
+LanguageOpt = Annotated[str | None, typer.Option(help="Only this transcript language.")]
+SinceOpt = Annotated[str | None, typer.Option(help="Created at or after (ISO date).")]
+UntilOpt = Annotated[str | None, typer.Option(help="Created before (ISO date).")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option(help="Item id to leave out (repeatable).")]
 
 EXIT_CODES: dict[type[ReelvecError], int] = {
     MediaError: 2,
@@ -347,13 +355,13 @@ def search(
     text: Annotated[str | None, typer.Argument(help="Query text.")] = None,
     video: Annotated[Path | None, typer.Option(help="Query by a video clip.")] = None,
     like: Annotated[str | None, typer.Option(help="More like this stored item id.")] = None,
-    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
-    using: Annotated[str, typer.Option(help="Vector to search: fused, visual, caption or transcript.")] = "fused",
-    creator: Annotated[str | None, typer.Option(help="Only this creator id.")] = None,
-    language: Annotated[str | None, typer.Option(help="Only this transcript language.")] = None,
-    since: Annotated[str | None, typer.Option(help="Created at or after (ISO date).")] = None,
-    until: Annotated[str | None, typer.Option(help="Created before (ISO date).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Item id to leave out (repeatable).")] = None,
+    k: KOpt = 10,
+    using: UsingOpt = "fused",
+    creator: CreatorOpt = None,
+    language: LanguageOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    exclude: ExcludeOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -398,13 +406,13 @@ def search(
 def recommend(
     positive: Annotated[list[str], typer.Option("--positive", "-p", help="Liked item ids (comma-separated).")],
     negative: Annotated[list[str] | None, typer.Option("--negative", "-n", help="Disliked item ids.")] = None,
-    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
-    using: Annotated[str, typer.Option(help="Vector to compare: fused, visual, caption or transcript.")] = "fused",
-    creator: Annotated[str | None, typer.Option(help="Only this creator id.")] = None,
-    language: Annotated[str | None, typer.Option(help="Only this transcript language.")] = None,
-    since: Annotated[str | None, typer.Option(help="Created at or after (ISO date).")] = None,
-    until: Annotated[str | None, typer.Option(help="Created before (ISO date).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Item id to leave out (repeatable).")] = None,
+    k: KOpt = 10,
+    using: UsingOpt = "fused",
+    creator: CreatorOpt = None,
+    language: LanguageOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    exclude: ExcludeOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
