@@ -146,7 +146,7 @@ class BackfillConfig(_Section):
     """Ray Data backfill: actor-pool sizes, batch sizes, GPUs per model actor and the failure budget."""
 
     decode_concurrency: int = Field(2, ge=1)
-    encode_concurrency: int = Field(1, ge=1)
+    encode_concurrency: int = Field(2, ge=1)
     batch_size: int = Field(8, ge=1)
     upsert_batch_size: int = Field(32, ge=1)
     max_failures: int = Field(0, ge=0)

@@ -289,6 +289,9 @@ class Decoder:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 return self._decode_path(tmp)
+            except MediaError as e:
+                # Decoder messages name the file; an uploader must not learn the server's temp paths.
+                raise MediaError(e.reason, e.detail.replace(tmp, "<upload>")) from None
             finally:
                 os.unlink(tmp)
         path = str(media)

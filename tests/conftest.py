@@ -1,7 +1,8 @@
-"""Session fixtures: real sample media, one loaded ItemEmbedder, one local Ray cluster, temp config."""
+"""Session fixtures: real sample media, one ItemEmbedder, one local Ray cluster, a tiny CLIP card, temp config."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -99,3 +100,44 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
         pass
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# A tiny open_clip architecture: random weights written by the tests, loaded through the real card path.
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def write_card(path: Path, **fields: object) -> Path:
+    """A model card YAML with these fields."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(fields, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny open_clip architecture + checkpoint written by the test, described by a card (never a real model)."""
+    import open_clip
+    import torch
+
+    d = tmp_path_factory.mktemp("tinyclip")
+    (d / "reelvec-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(d / "reelvec-tiny-clip.json")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("reelvec-tiny-clip", pretrained=None).state_dict(), d / "tiny.pt")
+    return write_card(
+        d / "tiny-clip.yaml",
+        id="tiny-clip-test",
+        family="open_clip",
+        version="test-only",
+        modality="visual",
+        dims=32,
+        source={"kind": "local", "path": "."},
+        files=[{"path": "tiny.pt", "sha256": hashlib.sha256((d / "tiny.pt").read_bytes()).hexdigest()}],
+        params={"arch": "reelvec-tiny-clip", "model_config": "reelvec-tiny-clip.json"},
+        intended_use="tests only: random weights, never a real model",
+    )

@@ -410,3 +410,27 @@ def test_target_version_then_swap_alias(catalogue: Catalogue, tmp_path: Path, cl
         assert index.search(stored.vectors[FUSED], k=1)[0].item_id == probe
     with _open(old_cfg, version=v_old) as old:  # the old version is kept for rollback
         assert old.count() == 16 and np.allclose(old.get(probe).vectors[FUSED], old_vec)
+
+
+def test_visual_stage_with_tiny_clip(
+    ray_cluster: dict[str, Any], tmp_path: Path, clips: list[dict[str, Any]], tiny_clip_card: Path
+) -> None:
+    """With CLIP weights present the ClipStage runs: frames batched across items, vectors equal `ItemEmbedder`'s."""
+    cfg = _cfg(tmp_path / "data", REELVEC__MODELS__CLIP__CARD=str(tiny_clip_card))
+    chosen = [clips[0], clips[5], clips[10]]
+    manifest = _write_jsonl(tmp_path / "m.jsonl", [_good_row(c, tmp_path) for c in chosen])
+    report = run_backfill(cfg, manifest, progress=False)
+    assert (report.written, report.failed, report.unavailable_models) == (3, 0, []), report.to_json()
+    assert "clip_ms" in report.stage_s
+    emb = ItemEmbedder(cfg)
+    try:
+        with _open(cfg) as index:
+            for c in chosen:
+                stored = index.get(c["item_id"])
+                ref = emb.embed(ItemInput(c["item_id"], c["path"], c["caption"], c["hashtags"], c["creator_id"]))
+                assert stored.vectors["visual"].shape == (32,) and set(stored.vectors) == set(ref.vectors)
+                for name, v in ref.vectors.items():
+                    assert np.allclose(stored.vectors[name], v, atol=1e-5), (c["item_id"], name)
+                assert stored.payload["models"]["tiny-clip-test"] == "test-only"
+    finally:
+        emb.close()

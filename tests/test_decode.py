@@ -99,6 +99,15 @@ def test_truncated(decoder: Decoder, clips: list[dict[str, Any]]) -> None:
         assert e.value.reason == "truncated", cut
 
 
+def test_bytes_errors_do_not_name_server_paths(decoder: Decoder, clips: list[dict[str, Any]]) -> None:
+    """Uploaded bytes go through a temp file; its path must not reach the uploader in the error detail."""
+    data = Path(clips[0]["path"]).read_bytes()
+    for bad in (data[:64], b"\x00\x00\x00\x18ftypmp42" + b"\xff" * 4000, b"plain text, not a video\n" * 40):
+        with pytest.raises(MediaError) as e:
+            decoder.decode(bad)
+        assert "reelvec-" not in e.value.detail and ".media" not in e.value.detail, e.value.detail
+
+
 def test_no_video_stream(decoder: Decoder, fixtures_dir: Path) -> None:
     with pytest.raises(MediaError) as e:
         decoder.decode(str(fixtures_dir / "speech.wav"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -17,46 +15,7 @@ from embedder.encoders.text import pool
 from embedder.factory import load_model
 from embedder.pipeline import ItemEmbedder, embedding_spec
 from embedder.types import ModelUnavailableError
-from tests.conftest import make_config
-
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-def _card_yaml(path: Path, **fields: object) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(fields, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny open_clip architecture + checkpoint written by the test, described by a card."""
-    import open_clip
-
-    d = tmp_path_factory.mktemp("tinyclip")
-    (d / "reelvec-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(d / "reelvec-tiny-clip.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("reelvec-tiny-clip", pretrained=None)
-    torch.save(model.state_dict(), d / "tiny.pt")
-    sha = hashlib.sha256((d / "tiny.pt").read_bytes()).hexdigest()
-    return _card_yaml(
-        d / "tiny-clip.yaml",
-        id="tiny-clip-test",
-        family="open_clip",
-        version="test-only",
-        modality="visual",
-        dims=32,
-        source={"kind": "local", "path": "."},
-        files=[{"path": "tiny.pt", "sha256": sha}],
-        params={"arch": "reelvec-tiny-clip", "model_config": "reelvec-tiny-clip.json"},
-        intended_use="tests only: random weights, never a real model",
-    )
+from tests.conftest import make_config, write_card
 
 
 def test_minilm_paraphrase_beats_unrelated(session_cfg: ReelvecConfig) -> None:
@@ -91,7 +50,7 @@ def test_last_token_pooling_on_tiny_decoder(tmp_path: Path, session_cfg: Reelvec
     torch.manual_seed(0)
     LlamaModel(conf).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    card = _card_yaml(
+    card = write_card(
         tmp_path / "tiny-llm.yaml",
         id="tiny-llm-test",
         family="hf_text",

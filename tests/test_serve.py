@@ -9,7 +9,6 @@ visual path (in process by default, over HTTP in the slow test).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections import Counter
@@ -22,7 +21,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from embedder.config import ReelvecConfig
 from embedder.pipeline import ItemEmbedder, embedding_spec
@@ -368,31 +366,6 @@ def test_metrics_and_structured_logs(service: Service) -> None:
     logs = list(Path(service.temp_dir).glob("session_latest/logs/serve/replica_*Ingress*.log"))
     records = [json.loads(line) for p in logs for line in p.read_text().splitlines() if line.startswith("{")]
     assert any(r.get("item_id") == "conc_0" and r.get("outcome") in ("created", "replaced") for r in records)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight tiny open_clip card (as in test_encoders) so the visual path runs offline."""
-    import open_clip
-
-    from tests.test_encoders import TINY_CLIP, _card_yaml
-
-    d = tmp_path_factory.mktemp("tinyclip-serve")
-    (d / "reelvec-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(d / "reelvec-tiny-clip.json")
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model("reelvec-tiny-clip", pretrained=None).state_dict(), d / "tiny.pt")
-    return _card_yaml(
-        d / "tiny-clip.yaml",
-        id="tiny-clip-test",
-        family="open_clip",
-        version="test-only",
-        modality="visual",
-        dims=32,
-        source={"kind": "local", "path": "."},
-        files=[{"path": "tiny.pt", "sha256": hashlib.sha256((d / "tiny.pt").read_bytes()).hexdigest()}],
-        params={"arch": "reelvec-tiny-clip", "model_config": "reelvec-tiny-clip.json"},
-    )
 
 
 def test_clip_deployment_batches(ray_cluster: dict[str, Any], tiny_clip_card: Path, tmp_path: Path) -> None:
