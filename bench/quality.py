@@ -10,6 +10,7 @@ Usage: python bench/quality.py   (writes its section of bench/RESULTS.md)
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -20,10 +21,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results import command, publish  # noqa: E402
-from embedder.config import load_config  # noqa: E402
+from embedder.config import IndexConfig, load_config  # noqa: E402
 from embedder.pipeline import ItemEmbedder  # noqa: E402
 from embedder.types import FUSED, MODALITIES, ItemEmbedding, ItemInput  # noqa: E402
-from index import SearchFilter, open_index  # noqa: E402
+from index import SearchFilter, VectorIndex, open_index  # noqa: E402
+
+
+def recommend_pairs(topic: dict[str, str]) -> list[tuple[list[str], str, set[str]]]:
+    """(two likes of a topic, one dislike of another, the topic's other items) for every combination."""
+    out = []
+    for t in sorted(set(topic.values())):
+        same = [i for i in topic if topic[i] == t]
+        for likes in itertools.combinations(same, 2):
+            out += [(list(likes), d, set(same) - set(likes)) for d in topic if topic[d] != t]
+    return out
+
+
+def recommend_precision(index: VectorIndex, topic: dict[str, str]) -> float:
+    """Mean share of the likes' topic-mates in the top len(mates) recommendations."""
+    scores = []
+    for likes, dislike, mates in recommend_pairs(topic):
+        hits = index.recommend(likes, [dislike], k=len(mates))
+        scores.append(len(mates & {h.item_id for h in hits}) / len(mates))
+    return sum(scores) / len(scores)
 
 
 def main() -> None:
@@ -69,11 +89,22 @@ def main() -> None:
                     total += 3
                 n = len(queries)
                 table.append((using, f"{r1 / n:.3f}", f"{r5 / n:.3f}", f"{same / total:.3f}", f"{has}/{len(embedded)}"))
+        rec = {}
+        for strategy in ("sum_scores", "best_score"):
+            rcfg = cfg.index.model_copy(update={"recommend_strategy": strategy})
+            with open_index(rcfg, emb.spec.dims, emb.spec.schema_version) as index:
+                rec[strategy] = recommend_precision(index, topic)
     header = (
         "| vector | Recall@1 text→item | Recall@5 text→item | same-topic P@3 item→item | items with it |\n"
         "|---|---|---|---|---|\n"
     )
     body = "".join(f"| {a} | {b} | {c} | {d} | {e} |\n" for a, b, c, d, e in table)
+    strategies = " · ".join(f"{k} {v:.3f}" for k, v in rec.items())
+    body += (
+        "\nCold-start recommend (fused; 2 likes from one topic + 1 dislike from another, every combination, "
+        f"{len(recommend_pairs(topic))} queries): share of the topic's 2 other items in the top 2 — {strategies} "
+        f"(`index.recommend_strategy`; default {IndexConfig().recommend_strategy}).\n"
+    )
     unavailable = ", ".join(emb.unavailable) or "none"
     section = (
         f"\n## quality — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"

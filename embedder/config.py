@@ -120,6 +120,10 @@ class IndexConfig(_Section):
     search_ef: int = Field(128, ge=8)
     optimize_after_upserts: int = Field(5000, ge=1)
     timeout_s: float = Field(10.0, gt=0)
+    # How `recommend` scores a candidate against several likes / dislikes (Qdrant's recommend strategies):
+    # sum_scores = sum of similarities to the likes minus the dislikes (an item close to all likes wins);
+    # best_score = its best like, unless a dislike is closer (an item close to any one like wins).
+    recommend_strategy: Literal["sum_scores", "best_score"] = "sum_scores"
 
 
 class ServeConfig(_Section):

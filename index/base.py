@@ -312,7 +312,7 @@ class VectorIndex(abc.ABC):
         k: int = 10,
         flt: SearchFilter | None = None,
     ) -> list[Hit]:
-        """Items like the positives, unlike the negatives (best-score strategy); examples never come back."""
+        """Items like the positives, unlike the negatives (`index.recommend_strategy`); examples never come back."""
         self._check_open()
         self._check_k(k)
         negative = list(negative or [])

@@ -341,7 +341,10 @@ class EdgeIndex(VectorIndex):
         self, positive: list[np.ndarray], negative: list[np.ndarray], using: str, k: int, terms: FilterTerms
     ) -> list[Hit]:
         query = qe.RecommendQuery(positives=[v.tolist() for v in positive], negatives=[v.tolist() for v in negative])
-        return self._run(self._request(qe.Query.RecommendBestScore(query, using=using), k, terms))
+        strategy = (
+            qe.Query.RecommendSumScores if self._cfg.recommend_strategy == "sum_scores" else qe.Query.RecommendBestScore
+        )
+        return self._run(self._request(strategy(query, using=using), k, terms))
 
     def _count(self) -> int:
         with _engine(f"count {self._dir}"):

@@ -270,7 +270,7 @@ class QdrantServerIndex(VectorIndex):
             recommend=qm.RecommendInput(
                 positive=[v.tolist() for v in positive],
                 negative=[v.tolist() for v in negative],
-                strategy=qm.RecommendStrategy.BEST_SCORE,
+                strategy=qm.RecommendStrategy(self._cfg.recommend_strategy),
             )
         )
         return self._run(terms, k, query=query, using=using)

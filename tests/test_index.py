@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -565,3 +565,27 @@ def test_search_like_is_cosine_and_excludes_itself(idx: VectorIndex, corpus: lis
     assert topic_of(hits[0].item_id) == topic_of(me)
     assert reason_of(lambda: idx.search_like("nope")) == "unknown_item"
     assert reason_of(lambda: idx.search_like(me, k=0)) == "bad_query"
+
+
+@pytest.mark.parametrize("strategy", ["sum_scores", "best_score"])
+def test_recommend_strategy_from_config(backend: Backend, strategy: str) -> None:
+    """sum_scores favours an item close to every like; best_score one very close to any single like."""
+    rng = np.random.default_rng(3)
+    basis = np.eye(DIMS["visual"], dtype=np.float32)
+    shapes = {
+        "like-a": basis[0],
+        "like-b": basis[1],
+        "near-a-only": 0.95 * basis[0] + 0.31 * basis[2],
+        "between": 0.7 * basis[0] + 0.7 * basis[1],
+        "unrelated": basis[3],
+    }
+    items = []
+    for item_id, v in shapes.items():
+        base = make_item(item_id, 0, rng, modalities=("visual",))
+        items.append(replace(base, vectors={"visual": v, FUSED: fuse({"visual": v}, WEIGHTS, DIMS)}))
+    backend.cfg = backend.cfg.model_copy(update={"recommend_strategy": strategy})
+    index = backend.open(version=f"v-{strategy}")
+    assert index.upsert(items).failed == []
+    hits = [h.item_id for h in index.recommend(["like-a", "like-b"], k=3, using="visual")]
+    assert hits[0] == ("between" if strategy == "sum_scores" else "near-a-only"), hits
+    assert hits[-1] == "unrelated" and not {"like-a", "like-b"} & set(hits)
