@@ -8,6 +8,7 @@ and bad values raise `ConfigError` naming the dotted path of the offending key.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -179,13 +180,17 @@ class ReelvecConfig(_Section):
         return self
 
 
+def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:
+    """Pydantic errors as `dotted.key: message; …` (config files, upload metadata, manifest rows, HTTP params)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: "
+        + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+        for e in errors
+    )
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{path}: {msg}")
-    return f"invalid config ({source}): " + "; ".join(lines)
+    return f"invalid config ({source}): " + describe_errors(err.errors())
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

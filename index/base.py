@@ -336,11 +336,15 @@ class VectorIndex(abc.ABC):
         self._check_open()
         return self._count()
 
-    def existing(self, item_ids: list[str]) -> set[str]:
-        """The subset of `item_ids` stored in this version (for resumable backfills)."""
+    def existing(self, item_ids: list[str], schema_version: str | None = None) -> set[str]:
+        """The subset of `item_ids` stored in this version (for resumable backfills); with `schema_version`, only
+        those whose payload says they were embedded with it (one batched retrieve, no vectors)."""
         self._check_open()
         pids = {point_id(i): i for i in item_ids}
-        return {pids[r.id] for r in self._retrieve_all(list(pids), with_payload=False, with_vectors=False)}
+        records = self._retrieve_all(list(pids), with_payload=schema_version is not None, with_vectors=False)
+        return {
+            pids[r.id] for r in records if schema_version is None or r.payload.get("schema_version") == schema_version
+        }
 
     def optimize(self) -> None:
         """Build/merge index structures now (after a bulk load); a no-op where the engine does it itself."""

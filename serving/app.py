@@ -33,7 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import LoggingConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from embedder.config import IndexConfig, ReelvecConfig, ServeConfig
+from embedder.config import IndexConfig, ReelvecConfig, ServeConfig, describe_errors
 from embedder.decode import Decoder
 from embedder.pipeline import (
     assemble,
@@ -443,7 +443,7 @@ async def _task_error(request: Request, e: Exception) -> JSONResponse:
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, e: Exception) -> JSONResponse:
     errs = e.errors() if isinstance(e, RequestValidationError) else []
-    detail = "; ".join(f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in errs) or str(e)
+    detail = describe_errors(errs) or str(e)
     return _error(request, ApiError("invalid_request", detail, 422))
 
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from embedder.cards import load_card
-from embedder.config import ModelRef, ReelvecConfig
+from embedder.config import ModelRef, ReelvecConfig, describe_errors
 from embedder.decode import Decoder
 from embedder.pipeline import (
     EmbeddingSpec,
@@ -127,6 +127,17 @@ def inspect_manifest(path: str | Path) -> ManifestInfo:
         raise ManifestError("bad_manifest", f"{p}: cannot read manifest as {fmt}: {e}") from e
 
 
+def _json_object(line: str) -> dict[str, Any]:
+    """One JSONL line as an object; the ValueError says why it is not one."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return obj
+
+
 def _inspect_jsonl(p: Path) -> ManifestInfo:
     rows, columns = 0, ()
     with open(p, encoding="utf-8") as f:
@@ -135,12 +146,9 @@ def _inspect_jsonl(p: Path) -> ManifestInfo:
                 continue
             if rows == 0:
                 try:
-                    first = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ManifestError("bad_manifest", f"{p}: line {lineno} is not JSON ({e}); expected JSONL") from e
-                if not isinstance(first, dict):
-                    raise ManifestError("bad_manifest", f"{p}: line {lineno} is not a JSON object; expected JSONL")
-                columns = tuple(first)
+                    columns = tuple(_json_object(line))
+                except ValueError as e:
+                    raise ManifestError("bad_manifest", f"{p}: line {lineno} is {e}; expected JSONL") from e
                 _missing(columns, p, f"first row (line {lineno})")
             rows += 1
     return ManifestInfo(p, "jsonl", rows, columns)
@@ -219,8 +227,7 @@ def _metadata(raw: dict[str, Any]) -> ItemMetadata:
     try:
         return ItemMetadata.model_validate(meta)
     except ValidationError as e:
-        errors = "; ".join(f"{'.'.join(map(str, x['loc'])) or '<root>'}: {x['msg']}" for x in e.errors())
-        raise MediaError("bad_metadata", f"metadata has the wrong shape: {errors}") from e
+        raise MediaError("bad_metadata", f"metadata has the wrong shape: {describe_errors(e.errors())}") from e
 
 
 def parse_row(raw: dict[str, Any], base_dir: Path) -> ItemInput:
@@ -324,11 +331,9 @@ def normalize_batch(batch: pa.Table, base_dir: str, fmt: str, writer: Any, force
             if fmt == "jsonl":
                 text = raw["text"]
                 try:
-                    raw = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise MediaError("bad_row", f"not JSON ({e}): {text[:200]}") from e
-                if not isinstance(raw, dict):
-                    raise MediaError("bad_row", f"not a JSON object: {text[:200]}")
+                    raw = _json_object(text)
+                except ValueError as e:
+                    raise MediaError("bad_row", f"{e}: {text[:200]}") from e
                 item_id, uri = str(raw.get("item_id") or ""), str(raw.get("uri") or "")
             item = parse_row(raw, Path(base_dir))
             out.append(_row(item.item_id, str(item.media), work=pickle.dumps(_Work(item), protocol=5)))
@@ -538,10 +543,7 @@ class BackfillWriter:
 
     def existing(self, ids: list[str]) -> list[str]:
         """The ids already stored in this version with the current embedding schema (resume skips them)."""
-        present = self.index.existing(ids)
-        if self.check_schema:
-            present = {i for i in present if self.index.get(i).payload.get("schema_version") == self.schema_version}
-        return sorted(present)
+        return sorted(self.index.existing(ids, self.schema_version if self.check_schema else None))
 
     def upsert(self, items: list[ItemEmbedding]) -> list[tuple[str, str, str]]:
         """Write one batch (flushed by the index); returns (item_id, reason, detail) for items it refused."""

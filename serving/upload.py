@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from embedder.config import LimitsConfig
+from embedder.config import LimitsConfig, describe_errors
 from embedder.types import MediaError
 from serving.schemas import ApiError, ItemMetadata
 
@@ -106,5 +106,6 @@ def parse_metadata(raw: str | None) -> ItemMetadata:
     try:
         return ItemMetadata.model_validate_json(raw)
     except ValidationError as e:
-        errors = "; ".join(f"{'.'.join(map(str, x['loc'])) or '<root>'}: {x['msg']}" for x in e.errors())
-        raise ApiError("bad_metadata", f"metadata is not valid JSON of the expected shape: {errors}") from e
+        raise ApiError(
+            "bad_metadata", f"metadata is not valid JSON of the expected shape: {describe_errors(e.errors())}"
+        ) from e

@@ -46,14 +46,19 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
-def make_config(tmp: Path, **env: str) -> ReelvecConfig:
-    """Default config with data, models and index under `tmp`; `env` adds REELVEC__ overrides."""
-    base = {
+def temp_env(tmp: Path, **env: str) -> dict[str, str]:
+    """REELVEC__ variables putting data, models and index under `tmp`, plus `env` overrides (CLI runs, configs)."""
+    return {
         "REELVEC__DATA_DIR": str(tmp),
         "REELVEC__MODELS__MODELS_DIR": str(tmp / "models"),
         "REELVEC__INDEX__PATH": str(tmp / "index"),
+        **env,
     }
-    return load_config(environ={**base, **env})
+
+
+def make_config(tmp: Path, **env: str) -> ReelvecConfig:
+    """Default config with data, models and index under `tmp`; `env` adds REELVEC__ overrides."""
+    return load_config(environ=temp_env(tmp, **env))
 
 
 @pytest.fixture(scope="session")

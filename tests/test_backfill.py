@@ -35,7 +35,7 @@ from serving.backfill import (
     writer_name,
 )
 from serving.cli import app
-from tests.conftest import ROOT, make_config
+from tests.conftest import ROOT, make_config, temp_env
 
 # Small batches so items reach the index (and the progress stream) a few at a time.
 FAST = {
@@ -46,13 +46,7 @@ FAST = {
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
-    return {
-        "REELVEC__DATA_DIR": str(tmp),
-        "REELVEC__MODELS__MODELS_DIR": str(tmp / "models"),
-        "REELVEC__INDEX__PATH": str(tmp / "index"),
-        **FAST,
-        **extra,
-    }
+    return temp_env(tmp, **{**FAST, **extra})
 
 
 def _cfg(tmp: Path, **extra: str) -> ReelvecConfig:

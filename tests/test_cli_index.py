@@ -13,17 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from serving.cli import app
-from tests.conftest import CLIPS, ROOT
+from tests.conftest import CLIPS, ROOT, temp_env
 
 runner = CliRunner()
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    return {
-        "REELVEC__DATA_DIR": str(tmp),
-        "REELVEC__MODELS__MODELS_DIR": str(tmp / "models"),
-        "REELVEC__INDEX__PATH": str(tmp / "index"),
-    }
 
 
 def run(env: dict[str, str], *args: str) -> Any:
@@ -33,7 +25,7 @@ def run(env: dict[str, str], *args: str) -> Any:
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The 16 sample clips ingested once through the CLI (folder + captions.jsonl sidecar)."""
-    env = _env(tmp_path_factory.mktemp("cli-index"))
+    env = temp_env(tmp_path_factory.mktemp("cli-index"))
     r = run(env, "ingest", str(CLIPS))
     assert r.exit_code == 0, r.stdout + r.stderr
     out = json.loads(r.stdout)
@@ -137,7 +129,7 @@ def test_bad_queries_exit_2_and_leave_index(indexed: dict[str, str]) -> None:
 
 
 def test_delete_then_gone(tmp_path: Path) -> None:
-    env = _env(tmp_path)
+    env = temp_env(tmp_path)
     assert run(env, "ingest", str(CLIPS / "space_01.mp4"), str(CLIPS / "space_02.mp4")).exit_code == 0
     r = run(env, "delete", "space_01")
     assert r.exit_code == 0 and json.loads(r.stdout) == {"deleted": 1, "count": 1}
@@ -146,7 +138,7 @@ def test_delete_then_gone(tmp_path: Path) -> None:
 
 
 def test_locked_index_is_clear_error(tmp_path: Path) -> None:
-    env = _env(tmp_path)
+    env = temp_env(tmp_path)
     assert run(env, "ingest", str(CLIPS / "ocean_01.mp4")).exit_code == 0
     holder = subprocess.Popen(
         [

@@ -167,6 +167,9 @@ def test_ingest_twice_keeps_one_point_per_item(idx: VectorIndex, corpus: list[It
     assert sorted(again.written) == sorted(i.item_id for i in corpus)
     assert idx.count() == len(corpus)
     assert idx.existing([i.item_id for i in corpus] + ["nope"]) == {i.item_id for i in corpus}
+    # Resume checks by embedding schema: the corpus was embedded as "v1".
+    assert idx.existing([i.item_id for i in corpus], schema_version="v1") == {i.item_id for i in corpus}
+    assert idx.existing([i.item_id for i in corpus], schema_version="v2") == set()
 
 
 def test_reupsert_replaces_whole_point_including_vectors(idx: VectorIndex) -> None:
