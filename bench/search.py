@@ -1,24 +1,28 @@
 """Fused top-10 search latency of the index backends on synthetic clustered items, all in one run.
 
-Items: 200 Gaussian clusters per modality (visual 512, caption 384, transcript 384; 10% lack `visual`), fused
-with the real `fuse()` into 1280-d as in production; 10 creators so a `creator_id` filter keeps ~10%.
+Items: 200 Gaussian clusters per modality (visual 512, caption/transcript/ocr 384; 10% lack `visual`), fused
+with the real `fuse()` into 1664-d as in production; 10 creators so a `creator_id` filter keeps ~10%.
 Contenders, all through `index.VectorIndex`: Qdrant Edge before `optimize()` (plain segments, exhaustive
 scan), Edge after it (HNSW), and the baseline qdrant-client local mode (`QdrantClient(path=...)`, numpy
 brute force, Python-side filters): its queries are bounded (50, and 60 s per measurement) and its upsert is
 capped by a time budget (120 s); the table says where a cap applied.
 Recall@10 is against exact numpy search over the same fused vectors.
 Usage: python bench/search.py [--sizes 10000 100000] [--queries 200]   (writes its section of bench/RESULTS.md)
+       python bench/search.py --optimize-stall --sizes 10000   (search latency in a thread while Edge optimizes:
+       the engine's optimizer in-process, which holds the GIL, vs `optimize()`, a child process on a copy)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +46,7 @@ from index.qdrant import QdrantServerIndex  # noqa: E402
 
 log = logging.getLogger("bench.search")
 
-DIMS = {"visual": 512, "caption": 384, "transcript": 384, FUSED: 1280}
+DIMS = {"visual": 512, "caption": 384, "transcript": 384, "ocr": 384, FUSED: 1664}
 CLUSTERS = 200
 CREATORS = 10
 NOISE = 0.9  # per-modality noise norm relative to a unit cluster center: intra-cluster cosine ~0.55
@@ -238,6 +242,76 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> list[Run]:
     return runs
 
 
+@dataclass
+class Stall:
+    """Searches from a reader thread while one optimize runs (each search waits 10 ms after the last)."""
+
+    mode: str
+    points: int
+    optimize_s: float
+    lat: list[float]  # seconds of every search that overlapped the optimize
+    answered: int  # searches that started and finished inside the optimize
+    longest_gap: float  # seconds: the longest time without a finished search, within the optimize window
+
+
+def optimize_stall(n: int, mode: str, data: Data, workdir: Path) -> Stall:
+    """Load `n` items into a fresh Edge index, then optimize it (`mode`) while a thread keeps searching."""
+    from index.edge import EdgeIndex
+
+    cfg = IndexConfig(backend="edge", path=workdir / f"stall-{mode}-{n}", optimize_after_upserts=10**9)
+    index = open_index(cfg, DIMS, "bench")
+    assert isinstance(index, EdgeIndex)
+    upsert_all(index, data.items)
+    spans: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        j = 0
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            index.search(data.queries[j % len(data.queries)], k=K)
+            spans.append((t0, time.perf_counter()))
+            j += 1
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    if mode == "in-process":
+        index._optimize_in_process()  # the engine's optimizer on the live handle (holds the GIL)
+    else:
+        index.optimize()
+    t1 = time.perf_counter()
+    time.sleep(0.5)
+    stop.set()
+    thread.join()
+    assert index.count() == n
+    index.close()
+    shutil.rmtree(cfg.path, ignore_errors=True)
+    overlap = [b - a for a, b in spans if a < t1 and b > t0]
+    answered = sum(1 for a, b in spans if a >= t0 and b <= t1)
+    ends = [t0] + [b for _, b in spans if t0 < b <= t1] + [min([b for _, b in spans if b > t1], default=t1)]
+    gap = max(y - x for x, y in itertools.pairwise(ends))
+    log.info("%s at %d: optimize %.1fs, %d searches answered during it", mode, n, t1 - t0, answered)
+    return Stall(mode, n, t1 - t0, overlap, answered, gap)
+
+
+def stall_table(stalls: list[Stall]) -> str:
+    head = (
+        "| points | optimize | optimize s | searches answered during it | p50 ms | p99 ms | max ms | "
+        "longest time without an answer ms |\n" + "|---" * 8 + "|\n"
+    )
+    rows = [
+        f"| {s.points:,} | {s.mode} | {s.optimize_s:.1f} | {s.answered} | "
+        f"{fmt(float(np.percentile(s.lat, 50)) * 1000 if s.lat else None)} | "
+        f"{fmt(float(np.percentile(s.lat, 99)) * 1000 if s.lat else None)} | "
+        f"{fmt(max(s.lat) * 1000 if s.lat else None, '.0f')} | {s.longest_gap * 1000:.0f} |"
+        for s in stalls
+    ]
+    return head + "\n".join(rows) + "\n"
+
+
 def fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -314,9 +388,15 @@ def main() -> None:
     )
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a temp dir)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write bench/RESULTS.md")
+    ap.add_argument(
+        "--optimize-stall", action="store_true", help="measure searches during an Edge optimize (only that)"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("index").setLevel(logging.WARNING)
+    if args.optimize_stall:
+        main_stall(args)
+        return
 
     t0 = time.perf_counter()
     load_before = os.getloadavg()
@@ -339,6 +419,32 @@ def main() -> None:
         "Recall@10 against exact numpy search over the same vectors.\n\n" + table(runs, args)
     )
     publish("search", section, write=not args.no_write)
+
+
+def main_stall(args: argparse.Namespace) -> None:
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="reelvec-bench-", dir=args.workdir))
+    stalls: list[Stall] = []
+    try:
+        for n in args.sizes:
+            data = make_data(n, args.queries)
+            for mode in ("in-process", "child process on a copy"):
+                stalls.append(optimize_stall(n, mode, data, workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    section = (
+        f"\n## search-optimize — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+        f"Command: `{command()}` · {machine()} · total {time.perf_counter() - t0:.0f}s · "
+        f"1-min load average {load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end\n\n"
+        "Fused top-10 searches from a reader thread (10 ms apart) while the main thread optimizes a freshly loaded "
+        "Edge index. `in-process`: the engine's `EdgeShard.optimize()` on the live handle (holds the GIL); "
+        "`child process on a copy`: `VectorIndex.optimize()` (flush, copy the shard, optimize the copy in a child "
+        "process, swap it in). Latencies are of every search overlapping the optimize; the last column is the "
+        "longest stretch inside the optimize in which no search finished (what a health check could wait).\n\n"
+        + stall_table(stalls)
+    )
+    publish("search-optimize", section, write=not args.no_write)
 
 
 if __name__ == "__main__":

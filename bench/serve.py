@@ -3,8 +3,10 @@
 Starts a local Ray + Serve (temp data dir), then: uploads and text searches at client concurrency 1 / 4 / 16
 with the configured `@serve.batch` (p50 / p99 latency, throughput, batch sizes seen); the same at 16 with
 max_batch_size=1 (the batching gain as a ratio); and, with a tiny random-weight CLIP so frames are consumed,
-decoded frames passed through deployment handles by value vs. as ObjectRefs.
+uploads with the visual modality on. `--memory` instead measures the ingress replica's peak RSS while N
+max-size uploads arrive at once (what the upload path holds per request).
 Usage: python bench/serve.py [--levels 1,4,16] [--uploads 5,12,32] [--searches 40,80,160] [--no-write]
+       python bench/serve.py --memory [--memory-uploads 16] [--max-bytes 20000000] [--no-write]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,13 +122,13 @@ class Bench:
         self.media = {r["item_id"]: (ROOT / "samples/clips" / r["file"]).read_bytes() for r in rows}
         self.seq = 0
 
-    def deploy(self, cfg: ReelvecConfig, frames_by_ref: bool = True) -> None:
+    def deploy(self, cfg: ReelvecConfig) -> None:
         from ray import serve
 
-        from serving.app import build_app
+        from serving.service import build_app
 
         t0 = time.perf_counter()
-        serve.run(build_app(cfg, frames_by_ref=frames_by_ref), name=APP, route_prefix="/")
+        serve.run(build_app(cfg), name=APP, route_prefix="/")
         deadline = time.monotonic() + 120
         while httpx.get(f"{self.base}/readyz", timeout=30).status_code != 200:
             if time.monotonic() > deadline:
@@ -191,6 +194,101 @@ class Bench:
         self.level("search", 4, 8)
 
 
+class PeakRss:
+    """A local process's peak RSS over a `with` block: the kernel's high-water mark (VmHWM), reset on entry
+    through /proc/PID/clear_refs, so no sample can miss a short peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.base = self.peak = 0
+
+    def _kib(self, field: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field} for pid {self.pid}")
+
+    def __enter__(self) -> PeakRss:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+        self.base = self._kib("VmRSS")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.peak = self._kib("VmHWM")
+
+
+def _ingress_pid() -> int:
+    from ray.util.state import list_actors
+
+    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "Ingress" in a.class_name]
+    if len(actors) != 1:
+        raise RuntimeError(f"expected one ingress replica, found {len(actors)}")
+    return int(actors[0].pid)
+
+
+async def _flood(base: str, n: int, media: bytes) -> list[int]:
+    """`n` uploads of `media` sent at once; their status codes."""
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+
+        async def one(i: int) -> int:
+            files = {"file": ("big.mp4", media, "video/mp4")}
+            r = await client.post("/v1/items", data={"item_id": f"mem-{i}", "caption": "big"}, files=files)
+            return r.status_code
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def memory(n: int, max_bytes: int, write: bool) -> None:
+    """Peak RSS of the ingress replica while `n` uploads of exactly limits.max_bytes arrive at once (a real
+    sample clip padded with zeros: the ingress must take it in and hand it to decode whatever decode says)."""
+    import ray
+    from ray import serve
+
+    tmp = Path(tempfile.mkdtemp(prefix="reelvec-bench-"))
+    env = {
+        "REELVEC__DATA_DIR": str(tmp),
+        "REELVEC__INDEX__PATH": str(tmp / "index"),
+        "REELVEC__LIMITS__MAX_BYTES": str(max_bytes),
+    }
+    cfg = load_config(environ=env)
+    clip = (ROOT / "samples/clips/cooking_01.mp4").read_bytes()
+    media = clip + b"\0" * (max_bytes - len(clip))
+    port = 18000 + os.getpid() % 1000
+    ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="rvb-", dir="/tmp"))
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    rows: list[str] = []
+    try:
+        Bench(base, []).deploy(cfg)
+        pid = _ingress_pid()
+        asyncio.run(_flood(base, 1, clip))  # warm: first upload loads lazily-imported code paths
+        for concurrency in (1, n):
+            with PeakRss(pid) as rss:
+                t0 = time.perf_counter()
+                codes = asyncio.run(_flood(base, concurrency, media))
+                wall = time.perf_counter() - t0
+            grew = (rss.peak - rss.base) / 2**20
+            rows.append(
+                f"| {concurrency} | {max_bytes / 2**20:.1f} | {rss.base / 2**20:.0f} | {rss.peak / 2**20:.0f} "
+                f"| {grew:.0f} | {grew / (concurrency * max_bytes / 2**20):.2f} | {wall:.1f} "
+                f"| {dict(sorted(Counter(codes).items()))} |"
+            )
+            log.info("memory c=%d: %s", concurrency, rows[-1])
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    section = (
+        f"\n## serve-memory — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+        f"Command: `{command()}` · Ray {ray.__version__} local, Serve on 127.0.0.1 · {platform.machine()}, "
+        f"{os.cpu_count()} cores · ingress replica's peak RSS (kernel VmHWM, reset before each row) while uploads "
+        f"of exactly limits.max_bytes arrive at once (a sample clip zero-padded)\n\n"
+        "| concurrent uploads | upload MiB | ingress RSS before MiB | peak MiB | grew MiB | grew / (uploads x size) "
+        "| wall s | statuses |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+    publish("serve-memory", section, write=write)
+
+
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",")]
 
@@ -200,10 +298,16 @@ def main() -> None:
     ap.add_argument("--levels", default="1,4,16", help="client concurrency levels")
     ap.add_argument("--uploads", default="5,12,32", help="uploads per level")
     ap.add_argument("--searches", default="40,80,160", help="searches per level")
-    ap.add_argument("--transport-uploads", type=int, default=8, help="uploads per frames-transport variant (c=1)")
+    ap.add_argument("--transport-uploads", type=int, default=8, help="uploads with tiny CLIP on (c=1)")
+    ap.add_argument("--memory", action="store_true", help="measure the ingress's peak RSS under max-size uploads")
+    ap.add_argument("--memory-uploads", type=int, default=16, help="concurrent max-size uploads (--memory)")
+    ap.add_argument("--max-bytes", type=int, default=20_000_000, help="limits.max_bytes and upload size (--memory)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write bench/RESULTS.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.memory:
+        memory(args.memory_uploads, args.max_bytes, write=not args.no_write)
+        return
     levels, uploads, searches = _ints(args.levels), _ints(args.uploads), _ints(args.searches)
 
     import ray
@@ -250,20 +354,10 @@ def main() -> None:
         clip_dir.mkdir()
         clip_cfg.models.clip.card = str(tiny_clip_card(clip_dir))
         clip_cfg.index.path = tmp / "index-clip"
-        transport: dict[str, Level] = {}
-        for by_ref in (False, True):
-            bench.deploy(clip_cfg, frames_by_ref=by_ref)
-            bench.warm()
-            name = "ObjectRef" if by_ref else "by value"
-            transport[name] = bench.level("upload", 1, args.transport_uploads)
-            table.append(transport[name].row(f"tiny CLIP on, frames {name}"))
-        p50 = {k: float(np.percentile(v.latencies, 50)) for k, v in transport.items()}
-        faster = min(p50, key=p50.__getitem__)
-        # Under 5 % apart is inside this machine's run-to-run noise: say so rather than crown a winner.
-        if abs(p50["by value"] - p50["ObjectRef"]) < 0.05 * max(p50.values()):
-            verdict = f"no measurable difference at this frame size ({faster} lower by a hair)"
-        else:
-            verdict = f"**{faster}** is faster here"
+        bench.deploy(clip_cfg)
+        bench.warm()
+        visual = bench.level("upload", 1, args.transport_uploads)
+        table.append(visual.row("tiny CLIP on (frames reach the CLIP replica)"))
         elapsed = time.perf_counter() - t_start
     finally:
         serve.shutdown()
@@ -285,12 +379,8 @@ def main() -> None:
         + f"`@serve.batch` gain at concurrency {top} (max_batch_size={mbs} vs 1): "
         + "; ".join(gains)
         + ".\n\n"
-        + f"Frames transport (tiny random CLIP so frames are consumed, c=1): p50 by value "
-        f"{p50['by value'] * 1000:.0f} ms vs ObjectRef {p50['ObjectRef'] * 1000:.0f} ms; stage p50 decode "
-        f"(decode + return to the ingress) {transport['by value'].stage_p50('decode_ms'):.0f} vs "
-        f"{transport['ObjectRef'].stage_p50('decode_ms'):.0f} ms, clip (frames to the CLIP replica + batch wait + "
-        f"encode) {transport['by value'].stage_p50('clip_ms'):.0f} vs {transport['ObjectRef'].stage_p50('clip_ms'):.0f}"
-        f" ms → {verdict}.\n"
+        + f"With a tiny random CLIP (frames consumed, c=1): stage p50 decode {visual.stage_p50('decode_ms'):.0f} ms, "
+        f"clip (frames to the CLIP replica + batch wait + encode) {visual.stage_p50('clip_ms'):.0f} ms.\n"
     )
     publish("serve", section, write=not args.no_write)
 

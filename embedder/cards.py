@@ -6,13 +6,14 @@ Like open_clip's pretrained registry, a card is the only place a model's source,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import json
 import logging
 import os
+import re
 import shutil
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from embedder.types import ConfigError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
-Family = Literal["open_clip", "hf_text", "faster_whisper"]
+Family = Literal["open_clip", "hf_text", "faster_whisper", "rapidocr"]
 
 
 class _Strict(BaseModel):
@@ -55,7 +56,7 @@ class ModelCard(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     family: Family
     version: str
-    modality: Literal["visual", "text", "asr"]
+    modality: Literal["visual", "text", "asr", "ocr"]
     dims: int | None = Field(None, ge=1)
     source: CardSource
     files: list[CardFile] = []
@@ -170,34 +171,111 @@ def status(card: ModelCard, models_dir: Path, verify: bool = False) -> CardStatu
     return CardStatus(card.id, card.family, card.modality, card.version, True, str(loc), verified, detail)
 
 
+# A `url` card names a Hugging Face Hub file: https://huggingface.co/<org>/<repo>/resolve/<revision>/<file>.
+_HF_URL = re.compile(r"https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+# Digests recorded next to pulled weights, keyed by file, with the size and mtime they were computed at.
+SHA256_RECORD = ".reelvec-sha256.json"
+
+
+def _hf_source(card: ModelCard) -> tuple[str, str, str]:
+    m = _HF_URL.fullmatch(str(card.source.url or ""))
+    if m is None:
+        raise ConfigError(
+            "unsupported_source",
+            f"model card '{card.id}': `models pull` fetches Hugging Face Hub files "
+            "(https://huggingface.co/<org>/<repo>/resolve/<revision>/<file>)",
+        )
+    return m["repo"], m["revision"], m["filename"]
+
+
+def _read_record(loc: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((loc / SHA256_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def recorded_sha256(loc: Path, rel: str) -> str:
+    """The sha256 of `loc/rel`, from the record when size and mtime still match, else computed and recorded."""
+    path = loc / rel
+    st = path.stat()
+    record = _read_record(loc)
+    entry = record.get(rel)
+    if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        return str(entry["sha256"])
+    digest = sha256_file(path)
+    record[rel] = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        tmp = loc / f"{SHA256_RECORD}.tmp"
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, loc / SHA256_RECORD)
+    except OSError:  # read-only install (pip package): the digest is still checked, just not cached
+        pass
+    return digest
+
+
+def check_pinned(card: ModelCard, loc: Path) -> None:
+    """`sha256_mismatch` when a file the card pins a sha256 for has another digest (call at load)."""
+    for f in card.files:
+        if f.sha256 and loc.is_dir() and (loc / f.path).is_file():
+            got = recorded_sha256(loc, f.path)
+            if got != f.sha256:
+                raise ModelUnavailableError(
+                    "sha256_mismatch",
+                    f"model '{card.id}': {f.path} has sha256 {got}, its card pins {f.sha256}; "
+                    f"delete it and run `reelvec models pull {card.id}`",
+                )
+
+
+def _drop_empty_download(dest_dir: Path) -> None:
+    """After a failed pull, remove huggingface_hub's bookkeeping unless it holds a partial download to resume."""
+    cache = dest_dir / ".cache"
+    if not any(cache.rglob("*.incomplete")):
+        shutil.rmtree(cache, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            dest_dir.rmdir()  # only if empty
+
+
 def pull(card: ModelCard, models_dir: Path, timeout_s: float = 60.0) -> Path:
-    """Fetch a `url` card's weights into `models_dir/<id>/`, checking sha256; pip/local cards need no pull."""
+    """Fetch a `url` card's weights from the Hugging Face Hub at the card's revision into `models_dir/<id>/`
+    (huggingface_hub resumes an interrupted download), check and record the sha256; pip/local cards need no pull."""
     if card.source.kind != "url":
         return card.resolve(models_dir)
+    repo, revision, filename = _hf_source(card)
     dest_dir = card.location(models_dir)
     target = dest_dir / card.files[0].path
-    if target.is_file():
-        return dest_dir
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, suffix=".part")
-    try:
+    downloaded = not target.is_file()
+    if downloaded:
+        if not _COMMIT.fullmatch(revision):
+            log.warning(
+                "card %s pins revision %r, not a commit: pin one so the weights cannot change", card.id, revision
+            )
+        import huggingface_hub
+        from huggingface_hub import hf_hub_download
+
         try:
-            with urllib.request.urlopen(str(card.source.url), timeout=timeout_s) as r, os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(r, out, 1 << 20)
-        except OSError as e:
+            # The partial download lives in local_dir/.cache/huggingface (resumable), never at the target path.
+            got = Path(hf_hub_download(repo, filename, revision=revision, local_dir=dest_dir, etag_timeout=timeout_s))
+        except (OSError, ValueError) as e:  # HTTP, offline, missing entry and timeout errors all derive from these
+            _drop_empty_download(dest_dir)
+            why = "HF_HUB_OFFLINE is set" if huggingface_hub.constants.HF_HUB_OFFLINE else "no network or no such file"
             raise ModelUnavailableError(
                 "download_failed",
-                f"could not fetch {card.source.url} for '{card.id}' ({e}); this machine may have no network: "
-                f"copy {card.files[0].path} into {dest_dir} by hand",
-            ) from e
-        digest = sha256_file(Path(tmp))
-        want = card.files[0].sha256
-        if want and digest != want:
-            raise ModelUnavailableError("sha256_mismatch", f"{card.id}: got {digest}, card pins {want}")
-        if not want:
-            log.warning("card %s pins no sha256; downloaded file has sha256 %s — pin it in the card", card.id, digest)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+                f"could not fetch '{card.id}' from the Hugging Face Hub ({why}: {type(e).__name__}); "
+                f"or copy {card.files[0].path} into models_dir/{card.id}/ by hand",
+            ) from None
+        if got != target:
+            os.replace(got, target)
+    digest = recorded_sha256(dest_dir, card.files[0].path)
+    want = card.files[0].sha256
+    if want and digest != want:
+        if downloaded:  # never keep what we fetched unverified; a file someone copied in is theirs to inspect
+            target.unlink()
+        raise ModelUnavailableError(
+            "sha256_mismatch", f"{card.id}: {card.files[0].path} has sha256 {digest}, card pins {want}"
+        )
+    if not want:
+        log.warning("card %s pins no sha256; the pulled file has sha256 %s — pin it in the card", card.id, digest)
     return dest_dir

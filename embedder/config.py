@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from embedder.types import MODALITIES, ConfigError
 
@@ -49,6 +49,20 @@ class LimitsConfig(_Section):
     max_caption_chars: int = Field(2200, ge=0)
     max_hashtags: int = Field(30, ge=0)
     max_item_id_chars: int = Field(256, ge=1)
+    # The item-id alphabet: any printable character except `/` and `\\` (so every id is one URL path segment,
+    # reachable percent-encoded) — no control characters, no leading/trailing whitespace.
+    item_id_pattern: str = r"[^\x00-\x1f\x7f-\x9f/\\\s](?:[^\x00-\x1f\x7f-\x9f/\\]*[^\x00-\x1f\x7f-\x9f/\\\s])?"
+
+    @field_validator("item_id_pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {e}") from None
+        return v
 
 
 class ModelRef(_Section):
@@ -62,11 +76,17 @@ class ModelsConfig(_Section):
     clip: ModelRef = ModelRef(card="clip-vit-b-32-laion2b", required=False)
     text: ModelRef = ModelRef(card="minilm-l6-v2", required=True)
     asr: ModelRef = ModelRef(card="whisper-tiny-en", required=False)
+    ocr: ModelRef = ModelRef(card="rapidocr-ppocrv4", required=False)
     models_dir: Path = Path("./data/models")
     cards_dir: Path = DEFAULT_CARDS_DIR
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     torch_threads: int = Field(0, ge=0)
+
+    @field_validator("cards_dir", mode="before")
+    @classmethod
+    def _default_cards(cls, v: Any) -> Any:
+        return DEFAULT_CARDS_DIR if v is None else v
 
 
 class ClipConfig(_Section):
@@ -86,12 +106,36 @@ class AsrConfig(_Section):
     compute_type: str = "int8"
     language: str | None = "en"
     cpu_threads: int = Field(0, ge=0)
+    # Speech gate: Silero VAD (shipped in faster-whisper) on the decoded audio; no speech → Whisper is skipped.
+    speech_gate: bool = True
+    min_speech_s: float = Field(0.3, ge=0)
+    # Batched transcription across items: `pack` puts several short clips into one 30-s window (split back by
+    # word timestamps), `generate` runs CTranslate2's batched generate over padded windows, `none` one by one.
+    batch_mode: Literal["pack", "generate", "none"] = "pack"
+    batch_size: int = Field(8, ge=1)
+    pack_gap_s: float = Field(1.0, ge=0)
+
+
+class OcrConfig(_Section):
+    """On-screen text: a few frames decoded at a larger size, read by PP-OCR, lines de-duplicated across frames."""
+
+    num_frames: int = Field(4, ge=1, le=32)
+    short_side: int = Field(360, ge=64, le=2160)
+    min_confidence: float = Field(0.6, ge=0, le=1)
+    max_lines: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
 
 
 class FusionConfig(_Section):
     """Weights of each modality in the fused cosine; absent modalities are renormalized away."""
 
-    weights: dict[str, float] = Field(default_factory=lambda: {"visual": 0.4, "caption": 0.35, "transcript": 0.25})
+    weights: dict[str, float] = Field(
+        # Text weights tuned on the dev split by bench/quality.py (visual keeps its share: no CLIP offline).
+        default_factory=lambda: {"visual": 0.4, "caption": 0.2, "transcript": 0.3, "ocr": 0.1}
+    )
+    # How a search combines modalities by default: the fused vector, or Qdrant's RRF / DBSF over one
+    # prefetch per modality (late fusion).
+    mode: Literal["vector", "rrf", "dbsf"] = "vector"
 
     @field_validator("weights")
     @classmethod
@@ -113,9 +157,10 @@ class IndexConfig(_Section):
     backend: Literal["edge", "qdrant"] = "edge"
     path: Path = Path("./data/index")
     url: str | None = None
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     collection: str = "reelvec"
     transcript_payload_chars: int = Field(2000, ge=0)
+    ocr_payload_chars: int = Field(1000, ge=0)
     hnsw_m: int = Field(16, ge=4)
     hnsw_ef_construct: int = Field(100, ge=8)
     search_ef: int = Field(128, ge=8)
@@ -125,6 +170,10 @@ class IndexConfig(_Section):
     # sum_scores = sum of similarities to the likes minus the dislikes (an item close to all likes wins);
     # best_score = its best like, unless a dislike is closer (an item close to any one like wins).
     recommend_strategy: Literal["sum_scores", "best_score"] = "sum_scores"
+    # Scalar (int8) quantization of the big vectors (fused, visual) with rescoring, and vectors kept on disk.
+    quantization: Literal["none", "int8"] = "none"
+    quantization_rescore: bool = True
+    on_disk_vectors: bool = False
 
 
 class ServeConfig(_Section):
@@ -132,7 +181,11 @@ class ServeConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    api_key: str | None = None
+    api_key: SecretStr | None = None
+    # With an api_key set: whether reads (search by text / id, GET items) are open without it.
+    public_read: bool = False
+    # A request body must arrive within this many seconds (slow or lying clients get 408).
+    body_timeout_s: float = Field(10.0, gt=0)
     ray_address: str | None = None
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.05, ge=0)
@@ -142,8 +195,9 @@ class ServeConfig(_Section):
     asr_replicas: int = Field(1, ge=1)
     clip_replicas: int = Field(1, ge=1)
     text_replicas: int = Field(1, ge=1)
+    ocr_replicas: int = Field(1, ge=1)
     ingress_replicas: int = Field(1, ge=1)
-    num_cpus_per_model: float = Field(0.5, ge=0)
+    num_cpus_per_model: float = Field(0.4, ge=0)
     num_gpus_per_model: float = Field(0.0, ge=0)
 
 
@@ -156,6 +210,33 @@ class BackfillConfig(_Section):
     upsert_batch_size: int = Field(32, ge=1)
     max_failures: int = Field(0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    # Manifest uris must resolve inside one of these folders (empty: the manifest's own folder).
+    allowed_roots: list[Path] = Field(default_factory=list)
+
+
+class DedupConfig(_Section):
+    """Re-upload detection at ingest: perceptual fingerprint (MaxSim over per-frame hashes) against the index."""
+
+    enabled: bool = True
+    # Calibrated by bench/dedup.py on generated variants of the samples (re-encode, crop, trim, mirror).
+    threshold: float = Field(0.80, ge=0, le=1)
+    policy: Literal["flag", "reject"] = "flag"
+
+
+class SemanticIdConfig(_Section):
+    """Residual-quantization codes of the fused vector (`reelvec semantic-ids fit`)."""
+
+    levels: int = Field(3, ge=1, le=8)
+    codebook_size: int = Field(256, ge=2, le=65536)
+    seed: int = 0
+
+
+class EvalConfig(_Section):
+    """The quality gate of `backfill --swap-alias` and `reelvec eval`: Recall@k on a query set."""
+
+    queries: Path | None = None
+    k: int = Field(5, ge=1, le=100)
+    max_drop: float = Field(0.02, ge=0, le=1)
 
 
 class ReelvecConfig(_Section):
@@ -168,10 +249,14 @@ class ReelvecConfig(_Section):
     clip: ClipConfig = ClipConfig()
     text: TextConfig = TextConfig()
     asr: AsrConfig = AsrConfig()
+    ocr: OcrConfig = OcrConfig()
     fusion: FusionConfig = FusionConfig()
     index: IndexConfig = IndexConfig()
     serve: ServeConfig = ServeConfig()
     backfill: BackfillConfig = BackfillConfig()
+    dedup: DedupConfig = DedupConfig()
+    semantic_ids: SemanticIdConfig = SemanticIdConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _batching_fits(self) -> ReelvecConfig:
@@ -189,17 +274,29 @@ def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:
     )
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    return f"invalid config ({source}): " + describe_errors(err.errors())
+def _format_validation_error(err: ValidationError, source: str, env_paths: dict[tuple[str, ...], str]) -> str:
+    """Name where each bad value came from: the env variable that set it, else the config file."""
+    sources: list[str] = []
+    for e in err.errors():
+        loc = tuple(str(p).lower() for p in e["loc"])
+        name = next((n for path, n in env_paths.items() if loc[: len(path)] == path), source)
+        if name not in sources:
+            sources.append(name)
+    return f"invalid config ({', '.join(sources) or source}): " + describe_errors(err.errors())
+
+
+def _env_path(name: str) -> list[str]:
+    """`REELVEC__A__B` → ["a", "b"] (empty for other variables)."""
+    if not name.startswith(ENV_PREFIX):
+        return []
+    return [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """Nested dict from `REELVEC__A__B=value`; values are parsed as YAML scalars (`8`, `true`, `null`)."""
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        parts = _env_path(name)
         if not parts:
             continue
         node = tree
@@ -232,8 +329,10 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         raise ConfigError("bad_yaml", f"{cfg_path}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError("bad_yaml", f"{cfg_path}: top level must be a mapping")
-    data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
+    env = dict(os.environ if environ is None else environ)
+    data = _merge(data, _env_overrides(env))
     try:
         return ReelvecConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError("invalid", _format_validation_error(e, str(cfg_path))) from e
+        env_paths = {tuple(path): name for name in env if (path := _env_path(name))}
+        raise ConfigError("invalid", _format_validation_error(e, str(cfg_path), env_paths)) from e

@@ -1,4 +1,4 @@
-"""Decode a clip: probe it, sample K frames (decord, PyAV fallback) and read 16 kHz mono audio.
+"""Decode a clip: probe it, sample K frames (decord, PyAV fallback), OCR frames if asked, and 16 kHz mono audio.
 
 Only the sampled frames are decoded. Every decode runs in a killable worker process bounded in
 wall-clock time, because decord's `get_batch` can deadlock holding the GIL when a header over-reports
@@ -14,12 +14,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
-from embedder.config import DecodeConfig, LimitsConfig
+from embedder.config import DecodeConfig, LimitsConfig, OcrConfig
 from embedder.types import DecodedMedia, MediaError, Probe, ReelvecError
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ def probe_file(path: str) -> Probe:
     if size == 0:
         raise MediaError("empty", "file is empty")
     with _open_container(path) as c:
+        # A still image (PNG, JPEG… even renamed .mp4) opens through an image demuxer; it is not a truncated video.
+        fmt = c.format.name
+        if fmt == "image2" or fmt.endswith("_pipe"):
+            raise MediaError("not_a_video", f"this is a still image ({fmt.removesuffix('_pipe')}), not a video")
         if not c.streams.video:
             raise MediaError("no_video_stream", "container has no video stream")
         vs = c.streams.video[0]
@@ -95,6 +100,12 @@ def check_limits(p: Probe, limits: LimitsConfig) -> None:
         raise MediaError("no_video_stream", "video stream has no frame size")
 
 
+def uniform_indices(num_frames: int, k: int) -> list[int]:
+    """Centres of `k` equal segments of `num_frames` frames (all frames when there are fewer)."""
+    k = min(k, num_frames)
+    return sorted({min(int((i + 0.5) * num_frames / k), num_frames - 1) for i in range(k)}) if k > 0 else []
+
+
 def sample_indices(num_frames: int, fps: float, cfg: DecodeConfig) -> list[int]:
     """Frame indices to decode: centers of K equal segments (uniform) or one every 1/fps s, at most K."""
     if num_frames <= 0:
@@ -105,8 +116,7 @@ def sample_indices(num_frames: int, fps: float, cfg: DecodeConfig) -> list[int]:
         if len(idx) > cfg.num_frames:
             idx = [idx[int((i + 0.5) * len(idx) / cfg.num_frames)] for i in range(cfg.num_frames)]
     else:
-        k = min(cfg.num_frames, num_frames)
-        idx = [int((i + 0.5) * num_frames / k) for i in range(k)]
+        idx = uniform_indices(num_frames, cfg.num_frames)
     return sorted({min(i, num_frames - 1) for i in idx})
 
 
@@ -116,10 +126,34 @@ def _target_size(p: Probe, short_side: int) -> tuple[int, int]:
     return max(2, round(p.width * scale / 2) * 2), max(2, round(p.height * scale / 2) * 2)
 
 
-def _decord_frames(path: str, p: Probe, cfg: DecodeConfig) -> tuple[np.ndarray, list[float], list[int], int]:
+@dataclass
+class _Sampled:
+    """A frame decoder's output: the sampled frames, the OCR frames when asked, and the decodable frame count."""
+
+    frames: np.ndarray
+    ts: list[float]
+    idx: list[int]
+    decodable: int
+    ocr_frames: np.ndarray | None = None
+    ocr_ts: list[float] = field(default_factory=list)
+
+
+def _resized(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Frames at (width, height); area-averaged when they are larger (decord gives one size per reader)."""
+    if frames.shape[2] == size[0] and frames.shape[1] == size[1]:
+        return frames
+    import cv2
+
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def _decord_frames(path: str, p: Probe, cfg: DecodeConfig, ocr: OcrConfig | None = None) -> _Sampled:
     import decord
 
-    w, h = _target_size(p, cfg.short_side)
+    size = _target_size(p, cfg.short_side)
+    ocr_size = _target_size(p, ocr.short_side) if ocr else size
+    # One reader (one open, one seek per frame) at the larger size; the other frame set is downscaled from it.
+    w, h = max(size, ocr_size)
     vr = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
     try:
         decodable = len(vr)
@@ -129,33 +163,49 @@ def _decord_frames(path: str, p: Probe, cfg: DecodeConfig) -> tuple[np.ndarray, 
         idx = sample_indices(decodable, p.fps, cfg)
         if not idx:
             raise MediaError("truncated", "no decodable frames")
-        frames = vr.get_batch(idx).asnumpy()
-        ts = [float(t) for t in vr.get_frame_timestamp(idx)[:, 0]]
-        return frames, ts, idx, decodable
+        ocr_idx = uniform_indices(decodable, ocr.num_frames) if ocr else []
+        union = sorted(set(idx) | set(ocr_idx))
+        batch = vr.get_batch(union).asnumpy()
+        stamps = [float(t) for t in vr.get_frame_timestamp(union)[:, 0]]
     finally:
         del vr
+    at = {i: k for k, i in enumerate(union)}
+    out = _Sampled(_resized(batch[[at[i] for i in idx]], size), [stamps[at[i]] for i in idx], idx, decodable)
+    if ocr:
+        out.ocr_frames = _resized(batch[[at[i] for i in ocr_idx]], ocr_size)
+        out.ocr_ts = [stamps[at[i]] for i in ocr_idx]
+    return out
 
 
-def _pyav_frames(path: str, p: Probe, cfg: DecodeConfig) -> tuple[np.ndarray, list[float], list[int], int]:
-    """Sequential PyAV decode keeping only the sampled indices (fallback and reference decoder)."""
+def _pyav_frames(path: str, p: Probe, cfg: DecodeConfig, ocr: OcrConfig | None = None) -> _Sampled:
+    """Sequential PyAV decode keeping only the sampled (and OCR) indices (fallback and reference decoder)."""
     import av
 
     w, h = _target_size(p, cfg.short_side)
+    ow, oh = _target_size(p, ocr.short_side) if ocr else (w, h)
     want = set(sample_indices(p.num_frames, p.fps, cfg)) if p.num_frames else set()
+    want_ocr = set(uniform_indices(p.num_frames, ocr.num_frames)) if ocr and p.num_frames else set()
+    last = max(want | want_ocr, default=None)
     frames: list[np.ndarray] = []
     ts: list[float] = []
     idx: list[int] = []
+    ocr_frames: list[np.ndarray] = []
+    ocr_ts: list[float] = []
     n = 0
     with _open_container(path) as c:
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
         try:
             for n, frame in enumerate(c.decode(stream)):
+                t = float(frame.time) if frame.time is not None else n / p.fps
                 if n in want:
                     frames.append(frame.to_ndarray(format="rgb24", width=w, height=h))
-                    ts.append(float(frame.time) if frame.time is not None else n / p.fps)
+                    ts.append(t)
                     idx.append(n)
-                if want and n >= max(want):
+                if n in want_ocr:
+                    ocr_frames.append(frame.to_ndarray(format="rgb24", width=ow, height=oh))
+                    ocr_ts.append(t)
+                if last is not None and n >= last:
                     break
             n += 1
         except av.error.FFmpegError as e:
@@ -164,7 +214,10 @@ def _pyav_frames(path: str, p: Probe, cfg: DecodeConfig) -> tuple[np.ndarray, li
             log.warning("PyAV stopped at frame %d: %s", n, e)
     if not frames or len(frames) < len(want):
         raise MediaError("truncated", f"video stream ends at frame {n}; header says {p.num_frames}")
-    return np.stack(frames), ts, idx, max(n, len(frames))
+    out = _Sampled(np.stack(frames), ts, idx, max(n, len(frames)))
+    if ocr and ocr_frames:
+        out.ocr_frames, out.ocr_ts = np.stack(ocr_frames), ocr_ts
+    return out
 
 
 def _read_audio(path: str, rate: int) -> np.ndarray | None:
@@ -197,36 +250,35 @@ def _read_audio(path: str, rate: int) -> np.ndarray | None:
         return None
 
 
-def decode_file(path: str, cfg: DecodeConfig, limits: LimitsConfig) -> DecodedMedia:
-    """Probe, check limits, sample frames and read audio from a file, in this process."""
+def decode_file(path: str, cfg: DecodeConfig, limits: LimitsConfig, ocr: OcrConfig | None = None) -> DecodedMedia:
+    """Probe, check limits, sample frames (and `ocr.num_frames` OCR frames when `ocr` is given) and read audio."""
     p = probe_file(path)
     check_limits(p, limits)
     decoder = cfg.backend
     try:
-        if decoder == "decord":
-            frames, ts, idx, decodable = _decord_frames(path, p, cfg)
-        else:
-            frames, ts, idx, decodable = _pyav_frames(path, p, cfg)
+        got = (_decord_frames if decoder == "decord" else _pyav_frames)(path, p, cfg, ocr)
     except MediaError:
         raise
     except Exception as e:  # decord's errors are untyped; fall back to PyAV behind the same function
         log.warning("decord failed on %s (%s); falling back to PyAV", path, e)
         decoder = "pyav"
-        frames, ts, idx, decodable = _pyav_frames(path, p, cfg)
+        got = _pyav_frames(path, p, cfg, ocr)
     audio = _read_audio(path, cfg.audio_sample_rate) if p.has_audio else None
     return DecodedMedia(
         probe=p,
-        frames=frames,
-        timestamps_s=ts,
-        frame_indices=idx,
+        frames=got.frames,
+        timestamps_s=got.ts,
+        frame_indices=got.idx,
         audio=audio,
         decoder=decoder,
-        decodable_frames=decodable,
+        decodable_frames=got.decodable,
+        ocr_frames=got.ocr_frames,
+        ocr_timestamps_s=got.ocr_ts,
     )
 
 
 def _worker_main(conn: Connection) -> None:
-    """Decode loop of the worker process: (path, cfg, limits) in, DecodedMedia or an error out."""
+    """Decode loop of the worker process: (path, cfg, limits, ocr) in, DecodedMedia or an error out."""
     while True:
         try:
             msg = conn.recv()
@@ -234,9 +286,9 @@ def _worker_main(conn: Connection) -> None:
             return
         if msg is None:
             return
-        path, cfg, limits = msg
+        path, cfg, limits, ocr = msg
         try:
-            conn.send(("ok", decode_file(path, cfg, limits)))
+            conn.send(("ok", decode_file(path, cfg, limits, ocr)))
         except ReelvecError as e:
             conn.send(("err", e))
         except Exception as e:
@@ -244,11 +296,14 @@ def _worker_main(conn: Connection) -> None:
 
 
 class Decoder:
-    """Decodes media in a long-lived worker process; a decode past `timeout_s` kills and replaces it."""
+    """Decodes media in a long-lived worker process; a decode past `timeout_s` kills and replaces it.
 
-    def __init__(self, cfg: DecodeConfig, limits: LimitsConfig) -> None:
+    With `ocr`, each decode also returns `ocr.num_frames` frames at `ocr.short_side` from the same pass."""
+
+    def __init__(self, cfg: DecodeConfig, limits: LimitsConfig, ocr: OcrConfig | None = None) -> None:
         self.cfg = cfg
         self.limits = limits
+        self.ocr = ocr
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()
@@ -307,7 +362,7 @@ class Decoder:
     def _decode_path(self, path: str) -> DecodedMedia:
         with self._lock:
             conn = self._ensure_worker()
-            conn.send((path, self.cfg, self.limits))
+            conn.send((path, self.cfg, self.limits, self.ocr))
             if not conn.poll(self.cfg.timeout_s):
                 self._kill_worker()
                 raise MediaError("decode_timeout", f"decode took longer than decode.timeout_s={self.cfg.timeout_s}")

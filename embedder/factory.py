@@ -14,10 +14,11 @@ from embedder.cards import ModelCard, load_card
 from embedder.config import ModelsConfig, ReelvecConfig
 from embedder.encoders.clip import ClipEncoder
 from embedder.encoders.text import TextEncoder
+from embedder.ocr import OcrReader
 
 log = logging.getLogger(__name__)
 
-Model = ClipEncoder | TextEncoder | Transcriber
+Model = ClipEncoder | TextEncoder | Transcriber | OcrReader
 
 
 def resolve_device(models: ModelsConfig) -> str:
@@ -39,6 +40,7 @@ _LOADERS: dict[str, Callable[[ModelCard, Path, ReelvecConfig, str, torch.dtype],
     "open_clip": lambda card, w, cfg, dev, dt: ClipEncoder(card, w, cfg.clip, dev, dt),
     "hf_text": lambda card, w, cfg, dev, dt: TextEncoder(card, w, cfg.text, dev, dt),
     "faster_whisper": lambda card, w, cfg, dev, _dt: Transcriber(card, w, cfg.asr, dev),
+    "rapidocr": lambda card, w, cfg, dev, _dt: OcrReader(card, w, cfg.ocr, dev, cfg.models.torch_threads),
 }
 
 

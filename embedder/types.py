@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 # Modalities an item can carry, in the fixed order of the fused vector's blocks.
-MODALITIES: tuple[str, ...] = ("visual", "caption", "transcript")
+MODALITIES: tuple[str, ...] = ("visual", "caption", "transcript", "ocr")
 FUSED = "fused"
 
 MediaReason = Literal[
@@ -85,6 +85,9 @@ class DecodedMedia:
     audio: np.ndarray | None
     decoder: str  # "decord" or "pyav"
     decodable_frames: int
+    # A few frames at `ocr.short_side` for on-screen text (None when OCR is off), from the same decode call.
+    ocr_frames: np.ndarray | None = None
+    ocr_timestamps_s: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -96,13 +99,53 @@ class Segment:
 
 @dataclass(frozen=True)
 class Transcript:
+    """What was said. `speech` is the speech gate's verdict: False = no voice found (Whisper skipped),
+    None = not checked (no audio track, or no ASR model)."""
+
     text: str
     language: str | None
     segments: tuple[Segment, ...] = ()
+    speech: bool | None = None
 
     @classmethod
-    def empty(cls) -> Transcript:
-        return cls(text="", language=None, segments=())
+    def empty(cls, speech: bool | None = None) -> Transcript:
+        return cls(text="", language=None, segments=(), speech=speech)
+
+
+@dataclass(frozen=True)
+class OcrLine:
+    """One line of on-screen text, as first seen: text, the model's confidence and when it first appears."""
+
+    text: str
+    confidence: float
+    first_s: float
+    last_s: float
+
+
+@dataclass(frozen=True)
+class OcrResult:
+    """On-screen text of one clip: de-duplicated lines in reading order of first appearance."""
+
+    lines: tuple[OcrLine, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return " ".join(line.text for line in self.lines)
+
+    @classmethod
+    def empty(cls) -> OcrResult:
+        return cls(lines=())
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Perceptual video fingerprint (`embedder.fingerprint`): `frame_bits` (K×D, ±1) is the query multivector,
+    `index_bits` ((3K)×D, ±1) the one stored, `vector` (D, unit norm) the pooled clip vector."""
+
+    frame_bits: np.ndarray
+    index_bits: np.ndarray
+    vector: np.ndarray
+    timestamps_s: tuple[float, ...]
 
 
 @dataclass
@@ -137,6 +180,13 @@ class ItemEmbedding:
     frame_timestamps_s: list[float]
     timings_ms: dict[str, float]
     metadata: dict[str, Any] = field(default_factory=dict)
+    ocr: OcrResult = field(default_factory=OcrResult.empty)
+    models_unavailable: list[str] = field(default_factory=list)  # configured cards that were not loaded
+    fingerprint: Fingerprint | None = None
+    frame_vectors: np.ndarray | None = None  # per-frame visual vectors (T×d) for moment search
+    duplicate_of: str | None = None  # set at ingest by the re-upload check
+    duplicate_score: float | None = None
+    semantic_id: list[int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready view (what `reelvec embed --json` prints)."""
@@ -146,11 +196,21 @@ class ItemEmbedding:
             "transcript": self.transcript.text,
             "language": self.transcript.language,
             "segments": [{"start_s": s.start_s, "end_s": s.end_s, "text": s.text} for s in self.transcript.segments],
+            "speech": self.transcript.speech,
+            "ocr_text": self.ocr.text,
+            "ocr_lines": [
+                {"text": x.text, "confidence": x.confidence, "first_s": x.first_s, "last_s": x.last_s}
+                for x in self.ocr.lines
+            ],
             "caption": self.caption,
             "hashtags": self.hashtags,
             "duration_s": self.duration_s,
             "vectors": {k: [float(x) for x in v] for k, v in self.vectors.items()},
             "models": self.models,
+            "models_unavailable": self.models_unavailable,
+            "duplicate_of": self.duplicate_of,
+            "duplicate_score": self.duplicate_score,
+            "semantic_id": self.semantic_id,
             "schema_version": self.schema_version,
             "decoder": self.decoder,
             "frame_timestamps_s": self.frame_timestamps_s,

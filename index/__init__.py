@@ -81,7 +81,7 @@ def set_active_version(cfg: IndexConfig, version: str, *, client: QdrantClient |
         from index.edge import list_edge_versions, write_alias
 
         if version not in list_edge_versions(cfg):
-            raise StoreError("unknown_version", f"no index version {version!r} under {cfg.path}")
+            raise StoreError("unknown_version", f"no index version {version!r} of {cfg.collection!r}")
         write_alias(cfg, version)
     else:
         from index.qdrant import set_server_alias

@@ -2,6 +2,12 @@
 
 Backends (`index.edge.EdgeIndex`, `index.qdrant.QdrantServerIndex`) implement only the `_`-prefixed hooks;
 every check on what callers pass lives here, once, so both backends refuse the same inputs the same way.
+
+Besides the dense vectors every collection has two MaxSim multivectors: `fingerprint` (the stored
+`Fingerprint.index_bits`, for re-upload detection) and `frames` (per-frame visual vectors, for moment search).
+A collection created before them gets them added in place when opened (both engines can add a named vector
+to a live collection); its old points simply lack them until re-embedded. Where the engine refuses, the
+collection works as before and only the features needing them raise `StoreError('unsupported')`.
 """
 
 from __future__ import annotations
@@ -11,32 +17,53 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedder.config import IndexConfig
-from embedder.types import FUSED, MODALITIES, ConfigError, ItemEmbedding, ItemFailure, StoreError
+from embedder.config import DedupConfig, IndexConfig
+from embedder.fingerprint import FINGERPRINT_DIM, INDEX_CROPS, QUERY_CROP, similarity_from_maxsim
+from embedder.types import FUSED, MODALITIES, ConfigError, Fingerprint, ItemEmbedding, ItemFailure, StoreError
 
 log = logging.getLogger(__name__)
 
 # Fixed forever: changing it would re-key every stored point.
 REELVEC_NAMESPACE = uuid.UUID("8d0f4c52-3b1e-5a57-9c1a-6e2f7b4d9a30")
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # versions and cfg.collection: safe as paths and names
-# Payload field -> index kind ("keyword" | "float"); each backend maps the kind to its own schema type.
+# Payload field -> index kind ("keyword" | "float" | "integer"); each backend maps the kind to its own schema type.
 PAYLOAD_INDEXES: dict[str, str] = {
     "item_id": "keyword",
     "creator_id": "keyword",
     "language": "keyword",
     "created_at_ts": "float",
     "modalities": "keyword",
+    "duplicate_of": "keyword",
+    "schema_seq": "integer",
 }
+# Named MaxSim multivectors (cosine per row): the stored fingerprint and the per-frame visual vectors.
+FINGERPRINT = "fingerprint"
+FRAMES = "frames"
+MULTIVECTORS: tuple[str, ...] = (FINGERPRINT, FRAMES)
+# The embedding-schema generation N of a version "vN-<hash>", stored so older embeddings never overwrite newer.
+SCHEMA_SEQ = "schema_seq"
+_SEQ_RE = re.compile(r"v(\d+)(?:-|$)")
+# Fields `set_payload` may not touch: identity, the write guard and the create token.
+RESERVED_PAYLOAD = frozenset({"item_id", "schema_version", SCHEMA_SEQ})
 RRF_K = 60  # the usual RRF constant (Cormack et al.); set explicitly so both backends fuse identically
+# Late fusion of one prefetch per named vector, done by the engine: reciprocal rank, or distribution-based
+# score fusion (each list's scores normalized by mean +- 3 sample std, then summed).
+FusionMethod = Literal["rrf", "dbsf"]
+FUSION_METHODS: tuple[str, ...] = ("rrf", "dbsf")
+# The big vectors that `index.quantization: int8` quantizes (the per-modality text vectors are small).
+QUANTIZED_VECTORS: tuple[str, ...] = (FUSED, "visual")
+# Payload key of the token an `upsert_checked` insert writes: whoever finds its own token created the point.
+CREATE_TOKEN = "_create_token"
 HIT_FIELDS = (
     "caption",
     "hashtags",
@@ -45,17 +72,28 @@ HIT_FIELDS = (
     "language",
     "duration_s",
     "modalities",
+    "speech",
+    "ocr_text",
     "schema_version",
     "metadata",
+    "duplicate_of",
+    "semantic_id",
 )
 # Hits carry the payload minus the (long) transcript; `get()` returns everything.
-HIT_PAYLOAD_EXCLUDE = ["transcript"]
+HIT_PAYLOAD_EXCLUDE = ["transcript", CREATE_TOKEN]
 _RETRIEVE_CHUNK = 1000
+_DUPLICATE_BATCH = 256  # fingerprints scrolled and queried per engine call in `duplicate_groups`
 
 
 def point_id(item_id: str) -> str:
     """Stable Qdrant point id of an item: uuid5 in the reelvec namespace (ids are arbitrary strings)."""
     return str(uuid.uuid5(REELVEC_NAMESPACE, item_id))
+
+
+def schema_seq(schema_version: str) -> int:
+    """The generation N of an embedding-schema version `vN-<hash>`; any other version ranks 0 (the oldest)."""
+    m = _SEQ_RE.match(schema_version) if isinstance(schema_version, str) else None
+    return int(m.group(1)) if m else 0
 
 
 def check_version(version: str) -> str:
@@ -148,8 +186,37 @@ class StoredItem:
 
 @dataclass
 class UpsertReport:
+    """What an upsert did; `created`/`replaced` split `written` only for `upsert_checked` (else empty).
+    `refused` items were valid but lost to a newer embedding schema already stored (version-guarded writes)."""
+
     written: list[str] = field(default_factory=list)
     failed: list[ItemFailure] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    # Not errors: a point embedded with a newer schema is stored under the id (reason 'stale_schema').
+    refused: list[ItemFailure] = field(default_factory=list)
+    # Re-uploads found by `ingest`: item id -> (the stored item it duplicates, fingerprint similarity).
+    duplicates: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VectorStorage:
+    """How the engine stores one named vector, as it reports it (not as we asked)."""
+
+    size: int
+    quantization: str | None  # "int8" or None
+    always_ram: bool | None  # quantized copy pinned in RAM
+    on_disk: bool | None  # original vectors mmapped from disk
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One prefetch of a late-fusion query: nearest to `positive[0]`, or a recommend over examples."""
+
+    using: str
+    positive: tuple[np.ndarray, ...]
+    negative: tuple[np.ndarray, ...] = ()
+    recommend: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,9 +237,15 @@ class Record:
     payload: dict[str, Any]
 
 
-def build_payload(item: ItemEmbedding, transcript_chars: int) -> dict[str, Any]:
+def build_payload(item: ItemEmbedding, transcript_chars: int, ocr_chars: int = 1000) -> dict[str, Any]:
     """The one payload both backends store for an item (dates twice: RFC3339 for humans, epoch for ranges)."""
     created = item.created_at
+    lines, used = [], 0
+    for line in item.ocr.lines:
+        used += len(line.text)
+        if used > ocr_chars:
+            break
+        lines.append({"text": line.text, "first_s": line.first_s, "last_s": line.last_s})
     return {
         "item_id": item.item_id,
         "caption": item.caption,
@@ -183,11 +256,27 @@ def build_payload(item: ItemEmbedding, transcript_chars: int) -> dict[str, Any]:
         "creator_id": item.creator_id,
         "created_at": rfc3339(created) if created else None,
         "created_at_ts": _utc(created).timestamp() if created else None,
+        "speech": item.transcript.speech,
+        "segments": [{"start_s": sg.start_s, "end_s": sg.end_s, "text": sg.text} for sg in item.transcript.segments][
+            :200
+        ],
+        "ocr_text": item.ocr.text[:ocr_chars],
+        "ocr_lines": lines,
+        "frame_timestamps_s": [round(float(t), 3) for t in item.frame_timestamps_s],
         "modalities": list(item.modalities),
         "models": dict(item.models),
+        "models_unavailable": list(item.models_unavailable),
         "schema_version": item.schema_version,
+        SCHEMA_SEQ: schema_seq(item.schema_version),
+        "duplicate_of": item.duplicate_of,
+        "duplicate_score": None if item.duplicate_score is None else float(item.duplicate_score),
+        "semantic_id": None if item.semantic_id is None else [int(c) for c in item.semantic_id],
         "metadata": dict(item.metadata),
     }
+
+
+def _with_token(p: PointData, token: str) -> PointData:
+    return PointData(p.id, p.vectors, {**p.payload, CREATE_TOKEN: token})
 
 
 def _vector_problem(v: Any, dim: int) -> str | None:
@@ -205,6 +294,52 @@ def _vector_problem(v: Any, dim: int) -> str | None:
     return None
 
 
+def _multivector_problem(v: Any, dim: int) -> str | None:
+    """Why `v` cannot be stored or queried as a MaxSim multivector of `dim`-d cosine rows, or None."""
+    try:
+        a = np.asarray(v, dtype=np.float32)
+    except (TypeError, ValueError):
+        return "not a numeric array"
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != dim:
+        return f"shape {a.shape}, expected (n>=1, {dim})"
+    if not np.isfinite(a).all():
+        return "non-finite values"
+    if not a.any(axis=1).all():
+        return "an all-zero row (no cosine direction)"
+    return None
+
+
+def _seq_of(payload: Mapping[str, Any]) -> int:
+    seq = payload.get(SCHEMA_SEQ)
+    return int(seq) if isinstance(seq, int | float) and not isinstance(seq, bool) else 0
+
+
+def query_rows(index_bits: np.ndarray) -> np.ndarray | None:
+    """The query-crop rows (`frame_bits`) inside a stored `index_bits` (one block of rows per crop), or None."""
+    rows, rem = divmod(len(index_bits), len(INDEX_CROPS))
+    if rows == 0 or rem:
+        return None
+    j = INDEX_CROPS.index(QUERY_CROP)
+    return index_bits[j * rows : (j + 1) * rows]
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
 class VectorIndex(abc.ABC):
     """One version (collection) of the item index; safe for concurrent reads, usable as a context manager."""
 
@@ -216,6 +351,10 @@ class VectorIndex(abc.ABC):
             )
         self._cfg = cfg
         self._dims = {name: int(dims[name]) for name in [*MODALITIES, FUSED] if name in dims}
+        # Multivectors this collection has; a backend drops the ones its engine refused to add (see module doc).
+        self._multi = {FINGERPRINT: FINGERPRINT_DIM}
+        if "visual" in self._dims:
+            self._multi[FRAMES] = self._dims["visual"]
         self._version = check_version(version)
         self._collection = collection_name(cfg, version)
         self._closed = False
@@ -235,8 +374,132 @@ class VectorIndex(abc.ABC):
     def dims(self) -> dict[str, int]:
         return dict(self._dims)
 
+    @property
+    def multivectors(self) -> dict[str, int]:
+        """The MaxSim multivectors this collection stores (name -> row size)."""
+        return dict(self._multi)
+
     def upsert(self, items: list[ItemEmbedding]) -> UpsertReport:
-        """Validate every item first, then write the valid ones in one engine call (whole points replaced)."""
+        """Validate every item first, then write the valid ones (one engine call per schema generation, whole
+        points replaced); an item older than the stored point's schema is `refused`, never written over it."""
+        report, valid = self._prepare(items)
+        stale = self._write_guarded(valid) if valid else set()
+        self._refuse(report, valid, stale)
+        report.written = [i for i in valid if i not in stale]
+        return report
+
+    def _write_guarded(self, points: Mapping[str, PointData]) -> set[str]:
+        """Write `points` (by item id) so none replaces a point of a newer schema; the item ids that lost.
+
+        The engine applies the guard atomically per point (a conditional upsert); a read-back then tells which
+        ones it skipped, or which a newer writer replaced right after us (the same outcome for the caller)."""
+        by_seq: dict[int, list[PointData]] = defaultdict(list)
+        for p in points.values():
+            by_seq[int(p.payload[SCHEMA_SEQ])].append(p)
+        for seq, batch in sorted(by_seq.items()):
+            self._upsert(batch, guard_seq=seq)
+        pids = {p.id: item_id for item_id, p in points.items()}
+        stored = self._retrieve_all(list(pids), with_payload=[SCHEMA_SEQ], with_vectors=False)
+        return {pids[r.id] for r in stored if _seq_of(r.payload) > int(points[pids[r.id]].payload[SCHEMA_SEQ])}
+
+    def _refuse(self, report: UpsertReport, valid: Mapping[str, PointData], stale: Iterable[str]) -> None:
+        for item_id in stale:
+            seq = valid[item_id].payload[SCHEMA_SEQ]
+            report.refused.append(
+                ItemFailure(item_id, "index", "stale_schema", f"a newer embedding schema than v{seq} is stored")
+            )
+            log.info("index %s: %r not written: a newer embedding schema is stored", self._collection, item_id)
+
+    def mark_duplicates(self, items: list[ItemEmbedding], threshold: float) -> dict[str, tuple[str, float]]:
+        """Set `duplicate_of` / `duplicate_score` on every item whose fingerprint matches a stored item (or an
+        earlier item of the same batch) at `threshold` or more; returns item id -> (original, score)."""
+        from embedder.fingerprint import similarity
+
+        found: dict[str, tuple[str, float]] = {}
+        seen: list[ItemEmbedding] = []
+        for item in items:
+            item.duplicate_of, item.duplicate_score = None, None
+            if item.fingerprint is None:
+                continue
+            best: tuple[str, float] | None = None
+            if FINGERPRINT in self.multivectors:
+                hits = self.find_duplicates(item.fingerprint, k=1, exclude_ids=[item.item_id])
+                best = hits[0] if hits else None
+            for other in seen:
+                if other.item_id != item.item_id and other.fingerprint is not None:
+                    score = similarity(item.fingerprint, other.fingerprint)
+                    if best is None or score > best[1]:
+                        best = (other.item_id, score)
+            seen.append(item)
+            if best is not None and best[1] >= threshold:
+                item.duplicate_of, item.duplicate_score = best[0], round(float(best[1]), 4)
+                found[item.item_id] = (best[0], item.duplicate_score)
+        return found
+
+    def ingest(self, items: list[ItemEmbedding], dedup: DedupConfig, semantic: Any = None) -> UpsertReport:
+        """The one write path of every consumer (CLI ingest, HTTP upload, backfill): re-upload check against the
+        index, semantic IDs when a fitted model is given (`embedder.semantic_ids.SemanticIdModel`), then
+        `upsert_checked`. Policy `flag` stores duplicates with `duplicate_of`; `reject` refuses them (reason
+        `duplicate`, naming the original) and writes the rest."""
+        if semantic is not None and items:
+            codes = semantic.assign(np.stack([it.vectors[FUSED] for it in items]))
+            for it, row in zip(items, codes, strict=True):
+                it.semantic_id = [int(c) for c in row]
+        dups = self.mark_duplicates(items, dedup.threshold) if dedup.enabled else {}
+        rejected: list[ItemFailure] = []
+        if dedup.policy == "reject" and dups:
+            rejected = [
+                ItemFailure(i, "dedup", "duplicate", f"re-upload of {orig!r} (similarity {score:.3f})")
+                for i, (orig, score) in dups.items()
+            ]
+            items = [it for it in items if it.item_id not in dups]
+        report = self.upsert_checked(items) if items else UpsertReport()
+        report.failed = rejected + report.failed
+        report.duplicates = dups
+        return report
+
+    def upsert_checked(self, items: list[ItemEmbedding]) -> UpsertReport:
+        """Upsert that says per item whether it `created` the point or `replaced` one; among concurrent writers
+        of a new id exactly one gets `created` (the engine's insert-only write decides, not a prior read).
+
+        An insert-only write tagged with a fresh token goes first; the point carrying our token is ours.
+        Existing points are then replaced keeping their token, so a creator that reads back late still
+        finds its own. A plain `upsert()` of the same id at the same moment drops the token (no guarantee).
+        """
+        report, valid = self._prepare(items)
+        pending = dict(valid)
+        stale: set[str] = set()
+        for _ in range(3):  # a point deleted between our insert and our read is inserted again
+            if not pending:
+                break
+            token = uuid.uuid4().hex
+            self._upsert([_with_token(p, token) for p in pending.values()], insert_only=True)
+            pids = {p.id: item_id for item_id, p in pending.items()}
+            found = {pids[r.id]: r for r in self._retrieve_all(list(pids), with_payload=True, with_vectors=False)}
+            replace: dict[str, PointData] = {}
+            for item_id, p in list(pending.items()):
+                if item_id not in found:
+                    continue
+                theirs = found[item_id].payload.get(CREATE_TOKEN)
+                if theirs == token:
+                    report.created.append(item_id)
+                elif _seq_of(found[item_id].payload) > int(p.payload[SCHEMA_SEQ]):
+                    stale.add(item_id)
+                else:
+                    replace[item_id] = _with_token(p, theirs) if isinstance(theirs, str) else p
+                del pending[item_id]
+            if replace:
+                lost = self._write_guarded(replace)
+                stale |= lost
+                report.replaced += [i for i in replace if i not in lost]
+        if pending:
+            raise StoreError("write_conflict", f"{len(pending)} item(s) vanished repeatedly while being created")
+        self._refuse(report, valid, [i for i in valid if i in stale])
+        report.written = [i for i in valid if i in report.created or i in report.replaced]
+        return report
+
+    def _prepare(self, items: list[ItemEmbedding]) -> tuple[UpsertReport, dict[str, PointData]]:
+        """Validate every item: the failures in a report, and the writable points by item id."""
         self._check_open()
         report = UpsertReport()
         valid: dict[str, PointData] = {}  # a repeated id in one batch: the last one wins
@@ -245,22 +508,20 @@ class VectorIndex(abc.ABC):
             payload: dict[str, Any] = {}
             if problem is None:
                 try:
-                    payload = build_payload(item, self._cfg.transcript_payload_chars)
+                    payload = build_payload(item, self._cfg.transcript_payload_chars, self._cfg.ocr_payload_chars)
                     json.dumps(payload, allow_nan=False)
                 except (TypeError, ValueError, AttributeError) as e:
-                    problem = ("bad_payload", f"payload is not finite JSON: {e}")
+                    problem = ("bad_payload", f"payload is not finite JSON ({type(e).__name__})")
             if problem is not None:
                 report.failed.append(ItemFailure(str(getattr(item, "item_id", "")), "index", *problem))
                 continue
             vectors = {n: np.asarray(v, dtype=np.float32) for n, v in item.vectors.items()}
+            vectors.update(self._item_multivectors(item))
             valid.pop(item.item_id, None)
             valid[item.item_id] = PointData(point_id(item.item_id), vectors, payload)
-        if valid:
-            self._upsert(list(valid.values()))
-        report.written = list(valid)
         for f in report.failed:
             log.warning("index %s: not writing %r: %s (%s)", self._collection, f.item_id, f.reason, f.detail)
-        return report
+        return report, valid
 
     def delete(self, item_ids: list[str]) -> int:
         """Delete items; returns how many of them existed."""
@@ -270,12 +531,14 @@ class VectorIndex(abc.ABC):
         return len(present)
 
     def get(self, item_id: str) -> StoredItem:
+        """A stored item with every vector it has: dense ones (d,), multivectors (n, d)."""
         self._check_open()
         records = self._retrieve([point_id(item_id)], with_payload=True, with_vectors=True)
         if not records:
             raise StoreError("unknown_item", f"no item {item_id!r} in {self._collection}")
         r = records[0]
-        return StoredItem(item_id=item_id, vectors=r.vectors, payload=r.payload)
+        payload = {k: v for k, v in r.payload.items() if k != CREATE_TOKEN}
+        return StoredItem(item_id=item_id, vectors=r.vectors, payload=payload)
 
     def search(self, vector: np.ndarray, using: str = FUSED, k: int = 10, flt: SearchFilter | None = None) -> list[Hit]:
         """Top-k items by cosine on one named vector."""
@@ -284,25 +547,48 @@ class VectorIndex(abc.ABC):
         vec = self._check_query_vector(using, vector)
         return self._search(vec, using, k, filter_terms(flt))
 
-    def search_multi(self, vectors: dict[str, np.ndarray], k: int = 10, flt: SearchFilter | None = None) -> list[Hit]:
-        """One prefetch per named vector given, fused by reciprocal rank (scores are RRF, not cosines)."""
+    def search_multi(
+        self,
+        vectors: dict[str, np.ndarray],
+        k: int = 10,
+        flt: SearchFilter | None = None,
+        method: FusionMethod = "rrf",
+    ) -> list[Hit]:
+        """One prefetch per named vector given, fused by the engine (`rrf` or `dbsf`; scores are the fusion's)."""
         self._check_open()
         self._check_k(k)
+        self._check_method(method)
         if not vectors:
             raise StoreError("bad_query", "search_multi needs at least one named vector")
-        checked = {name: self._check_query_vector(name, v) for name, v in vectors.items()}
-        return self._search_multi(checked, k, max(50, 4 * k), filter_terms(flt))
+        probes = [Probe(name, (self._check_query_vector(name, v),)) for name, v in vectors.items()]
+        return self._fused(probes, k, self._prefetch_limit(k), filter_terms(flt), method)
 
-    def search_like(self, item_id: str, using: str = FUSED, k: int = 10, flt: SearchFilter | None = None) -> list[Hit]:
-        """More like a stored item: cosine search with its stored vector; the item itself never comes back."""
+    def search_like(
+        self,
+        item_id: str,
+        using: str = FUSED,
+        k: int = 10,
+        flt: SearchFilter | None = None,
+        fusion: FusionMethod | None = None,
+    ) -> list[Hit]:
+        """More like a stored item: cosine search with its stored `using` vector, or (`fusion`) late fusion of
+        one prefetch per modality vector it has; the item itself never comes back."""
         self._check_open()
         self._check_k(k)
-        self._check_using(using)
         stored = self.get(item_id)
+        terms = filter_terms(flt, extra_exclude=[item_id])
+        if fusion is not None:
+            self._check_method(fusion)
+            names = [m for m in MODALITIES if m in stored.vectors and m in self._dims]
+            if not names:
+                raise StoreError("bad_query", f"item {item_id!r} has no modality vector to fuse")
+            probes = [Probe(m, (self._check_query_vector(m, stored.vectors[m]),)) for m in names]
+            return self._fused(probes, k, self._prefetch_limit(k), terms, fusion)
+        self._check_using(using)
         if using not in stored.vectors:
             raise StoreError("bad_query", f"item {item_id!r} has no {using!r} vector")
         vec = self._check_query_vector(using, stored.vectors[using])
-        return self._search(vec, using, k, filter_terms(flt, extra_exclude=[item_id]))
+        return self._search(vec, using, k, terms)
 
     def recommend(
         self,
@@ -311,45 +597,166 @@ class VectorIndex(abc.ABC):
         using: str = FUSED,
         k: int = 10,
         flt: SearchFilter | None = None,
+        fusion: FusionMethod | None = None,
     ) -> list[Hit]:
-        """Items like the positives, unlike the negatives (`index.recommend_strategy`); examples never come back."""
+        """Items like the positives, unlike the negatives (`index.recommend_strategy`); examples never come back.
+        With `fusion`: one recommend prefetch per modality that every example has, fused by the engine."""
         self._check_open()
         self._check_k(k)
         negative = list(negative or [])
         if not positive:
             raise StoreError("bad_query", "recommend needs at least one positive item id")
-        self._check_using(using)
+        if fusion is None:
+            self._check_using(using)
+        else:
+            self._check_method(fusion)
+        names = [m for m in MODALITIES if m in self._dims] if fusion is not None else [using]
         examples = list(dict.fromkeys([*positive, *negative]))
         pids = {point_id(i): i for i in examples}
-        found = {pids[r.id]: r for r in self._retrieve_all(list(pids), with_payload=False, with_vectors=[using])}
+        found = {pids[r.id]: r for r in self._retrieve_all(list(pids), with_payload=False, with_vectors=names)}
         missing = [i for i in examples if i not in found]
         if missing:
             raise StoreError("unknown_item", f"unknown example item(s) in {self._collection}: {missing}")
+        terms = filter_terms(flt, extra_exclude=examples)
+        if fusion is not None:
+            shared = [m for m in names if all(m in found[i].vectors for i in examples)]
+            if not shared:
+                raise StoreError("bad_query", "the example items share no modality vector to fuse")
+            probes = [
+                Probe(
+                    m,
+                    tuple(found[i].vectors[m] for i in positive),
+                    tuple(found[i].vectors[m] for i in negative),
+                    recommend=True,
+                )
+                for m in shared
+            ]
+            return self._fused(probes, k, self._prefetch_limit(k), terms, fusion)
         no_vec = [i for i in examples if using not in found[i].vectors]
         if no_vec:
             raise StoreError("bad_query", f"example item(s) {no_vec} have no {using!r} vector")
         pos = [found[i].vectors[using] for i in positive]
         neg = [found[i].vectors[using] for i in negative]
-        return self._recommend(pos, neg, using, k, filter_terms(flt, extra_exclude=examples))
+        return self._recommend(pos, neg, using, k, terms)
 
     def count(self) -> int:
         self._check_open()
         return self._count()
 
-    def existing(self, item_ids: list[str], schema_version: str | None = None) -> set[str]:
+    def existing(
+        self, item_ids: list[str], schema_version: str | None = None, require_models: Iterable[str] = ()
+    ) -> set[str]:
         """The subset of `item_ids` stored in this version (for resumable backfills); with `schema_version`, only
-        those whose payload says they were embedded with it (one batched retrieve, no vectors)."""
+        those embedded with it; with `require_models`, only those not embedded while one of these model cards
+        was unavailable (an item embedded without CLIP or OCR is redone once the model is there). One batched
+        retrieve, no vectors."""
         self._check_open()
+        required = set(require_models)
         pids = {point_id(i): i for i in item_ids}
-        records = self._retrieve_all(list(pids), with_payload=schema_version is not None, with_vectors=False)
+        with_payload = schema_version is not None or bool(required)
+        records = self._retrieve_all(list(pids), with_payload=with_payload, with_vectors=False)
         return {
-            pids[r.id] for r in records if schema_version is None or r.payload.get("schema_version") == schema_version
+            pids[r.id]
+            for r in records
+            if (schema_version is None or r.payload.get("schema_version") == schema_version)
+            and not required & set(r.payload.get("models_unavailable") or ())
         }
+
+    def find_duplicates(self, fp: Fingerprint, k: int = 5, exclude_ids: Iterable[str] = ()) -> list[tuple[str, float]]:
+        """Stored items that `fp` looks like a re-upload of: (item_id, similarity in [0, 1]) best first, the
+        similarity being `embedder.fingerprint.similarity` computed by the engine's MaxSim."""
+        self._check_open()
+        self._check_k(k)
+        self._require(FINGERPRINT)
+        query = getattr(fp, "frame_bits", None)
+        problem = _multivector_problem(query, FINGERPRINT_DIM)
+        if problem:
+            raise StoreError("bad_query", f"fingerprint frame_bits: {problem}")
+        q = np.asarray(query, dtype=np.float32)
+        (hits,) = self._maxsim_batch(FINGERPRINT, [q], k, filter_terms(None, extra_exclude=exclude_ids))
+        return [(h.item_id, similarity_from_maxsim(h.score, len(q))) for h in hits]
+
+    def duplicate_groups(self, threshold: float, k: int = 10) -> list[list[str]]:
+        """Groups (sorted, >= 2 ids each) of items linked by a fingerprint similarity >= `threshold` in either
+        direction, transitively: each stored fingerprint is queried against the index (its `k` nearest)."""
+        self._check_open()
+        self._check_k(k)
+        self._require(FINGERPRINT)
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
+            raise StoreError("bad_query", f"threshold must be a number in [0, 1], got {threshold!r}")
+        groups = _UnionFind()
+        for ids, stored in self._scroll_multi(FINGERPRINT, _DUPLICATE_BATCH):
+            queries = [(i, query_rows(s)) for i, s in zip(ids, stored, strict=True)]
+            queries = [(i, q) for i, q in queries if q is not None]
+            results = self._maxsim_batch(FINGERPRINT, [q for _, q in queries], k + 1, FilterTerms())
+            for (item_id, q), hits in zip(queries, results, strict=True):
+                for h in hits:
+                    if h.item_id != item_id and similarity_from_maxsim(h.score, len(q)) >= threshold:
+                        groups.union(item_id, h.item_id)
+        members: dict[str, list[str]] = defaultdict(list)
+        for item_id in list(groups.parent):
+            members[groups.find(item_id)].append(item_id)
+        return sorted(sorted(g) for g in members.values() if len(g) >= 2)
+
+    def set_payload(self, values: Mapping[str, Mapping[str, Any]]) -> int:
+        """Set payload fields per item (`{item_id: {"semantic_id": [3, 17, 5]}}`), keeping the others; every
+        item must exist and identity/guard fields (`item_id`, `schema_version`, `schema_seq`) are refused."""
+        self._check_open()
+        if not isinstance(values, Mapping):
+            raise StoreError("bad_payload", "set_payload takes {item_id: {field: value}}")
+        for item_id, fields in values.items():
+            if not isinstance(item_id, str) or not isinstance(fields, Mapping) or not fields:
+                raise StoreError("bad_payload", f"item {item_id!r}: fields must be a non-empty mapping")
+            bad = sorted(k for k in fields if not isinstance(k, str) or k in RESERVED_PAYLOAD or k == CREATE_TOKEN)
+            if bad:
+                raise StoreError("bad_payload", f"item {item_id!r}: fields {bad} cannot be set")
+            try:
+                json.dumps(dict(fields), allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise StoreError("bad_payload", f"item {item_id!r}: not finite JSON ({type(e).__name__})") from e
+        missing = sorted(set(values) - self.existing(list(values)))
+        if missing:
+            raise StoreError("unknown_item", f"no item(s) {missing[:10]} in {self._collection}")
+        if values:
+            self._set_payload([(point_id(i), dict(f)) for i, f in values.items()])
+        return len(values)
+
+    def iter_vectors(self, using: str, batch: int = 1000) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Scroll (item ids, n×d array) of one named dense vector over every item that has it (e.g. `fused`
+        for fitting semantic ids); order is the engine's, each item once."""
+        self._check_open()
+        self._check_using(using)
+        self._check_k(batch)
+        for ids, vectors in self._scroll_multi(using, batch):
+            yield ids, np.stack(vectors).astype(np.float32, copy=False)
+
+    def frame_vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """The stored per-frame visual vectors (T×d, unit rows) of those items that have them."""
+        self._check_open()
+        self._require(FRAMES)
+        pids = {point_id(i): i for i in item_ids}
+        records = self._retrieve_all(list(pids), with_payload=False, with_vectors=[FRAMES])
+        return {pids[r.id]: r.vectors[FRAMES] for r in records if FRAMES in r.vectors}
+
+    def _scroll_multi(self, using: str, batch: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+        offset: Any = None
+        while True:
+            records, offset = self._scroll(using, batch, offset)
+            pairs = [(str(r.payload.get("item_id", "")), r.vectors[using]) for r in records if using in r.vectors]
+            if pairs:
+                yield [i for i, _ in pairs], [v for _, v in pairs]
+            if offset is None or not records:
+                return
 
     def optimize(self) -> None:
         """Build/merge index structures now (after a bulk load); a no-op where the engine does it itself."""
         self._check_open()
         self._optimize()
+
+    def vector_storage(self) -> dict[str, VectorStorage]:
+        """Per named vector: size, quantization and on-disk placement as the engine reports them."""
+        self._check_open()
+        return self._vector_storage()
 
     def close(self) -> None:
         if not self._closed:
@@ -372,9 +779,32 @@ class VectorIndex(abc.ABC):
             raise StoreError("closed", f"index {self._collection} is closed")
 
     @staticmethod
+    def _check_method(method: str) -> None:
+        if method not in FUSION_METHODS:
+            raise StoreError("bad_query", f"fusion must be one of {list(FUSION_METHODS)}, got {method!r}")
+
+    @staticmethod
+    def _prefetch_limit(k: int) -> int:
+        return max(50, 4 * k)
+
+    @staticmethod
     def _check_k(k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise StoreError("bad_query", f"k must be an integer >= 1, got {k!r}")
+
+    def _require(self, name: str) -> None:
+        if name not in self._multi:
+            raise StoreError("unsupported", f"index {self._collection} has no {name!r} vectors")
+
+    def _item_multivectors(self, item: ItemEmbedding) -> dict[str, np.ndarray]:
+        """The item's multivectors this collection stores (validated in `_item_problem`)."""
+        fp, frames = getattr(item, "fingerprint", None), getattr(item, "frame_vectors", None)
+        out = {}
+        if fp is not None and FINGERPRINT in self._multi:
+            out[FINGERPRINT] = np.asarray(fp.index_bits, dtype=np.float32)
+        if frames is not None and FRAMES in self._multi:
+            out[FRAMES] = np.asarray(frames, dtype=np.float32)
+        return out
 
     def _check_using(self, using: str) -> None:
         if using not in self._dims:
@@ -399,9 +829,22 @@ class VectorIndex(abc.ABC):
             problem = _vector_problem(v, self._dims[name])
             if problem:
                 return "bad_vector", f"{name}: {problem}"
+        fp, frames = getattr(item, "fingerprint", None), getattr(item, "frame_vectors", None)
+        if fp is not None:
+            problem = _multivector_problem(getattr(fp, "index_bits", None), FINGERPRINT_DIM)
+            if problem:
+                return "bad_vector", f"{FINGERPRINT}: {problem}"
+        if frames is not None:
+            if "visual" not in self._dims:
+                return "unknown_vector", f"vector {FRAMES!r} is not in this index (no visual vector)"
+            problem = _multivector_problem(frames, self._dims["visual"])
+            if problem:
+                return "bad_vector", f"{FRAMES}: {problem}"
         return None
 
-    def _retrieve_all(self, ids: list[str], with_payload: bool, with_vectors: bool | list[str]) -> list[Record]:
+    def _retrieve_all(
+        self, ids: list[str], with_payload: bool | list[str], with_vectors: bool | list[str]
+    ) -> list[Record]:
         out: list[Record] = []
         for start in range(0, len(ids), _RETRIEVE_CHUNK):
             out.extend(self._retrieve(ids[start : start + _RETRIEVE_CHUNK], with_payload, with_vectors))
@@ -415,22 +858,39 @@ class VectorIndex(abc.ABC):
     # ---- backend hooks ------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def _upsert(self, points: list[PointData]) -> None: ...
+    def _upsert(self, points: list[PointData], insert_only: bool = False, guard_seq: int | None = None) -> None:
+        """Write whole points; `insert_only` leaves existing ids untouched, atomically per point; `guard_seq`
+        replaces an existing point only if its `schema_seq` is absent or <= guard_seq (atomically per point)."""
 
     @abc.abstractmethod
     def _delete(self, point_ids: list[str]) -> None: ...
 
     @abc.abstractmethod
-    def _retrieve(self, point_ids: list[str], with_payload: bool, with_vectors: bool | list[str]) -> list[Record]:
+    def _retrieve(
+        self, point_ids: list[str], with_payload: bool | list[str], with_vectors: bool | list[str]
+    ) -> list[Record]:
         """Existing points among `point_ids` (absent ones are skipped, order not guaranteed)."""
+
+    @abc.abstractmethod
+    def _set_payload(self, values: list[tuple[str, dict[str, Any]]]) -> None:
+        """Set these fields on these (existing) points, keeping their other fields."""
+
+    @abc.abstractmethod
+    def _scroll(self, using: str, limit: int, offset: Any) -> tuple[list[Record], Any]:
+        """One page of points that have vector `using`: records with that vector and `item_id`, next offset."""
+
+    @abc.abstractmethod
+    def _maxsim_batch(self, using: str, queries: list[np.ndarray], k: int, terms: FilterTerms) -> list[list[Hit]]:
+        """Top-k per multivector query on multivector `using` (MaxSim of cosines), one engine call."""
 
     @abc.abstractmethod
     def _search(self, vector: np.ndarray, using: str, k: int, terms: FilterTerms) -> list[Hit]: ...
 
     @abc.abstractmethod
-    def _search_multi(
-        self, vectors: dict[str, np.ndarray], k: int, prefetch_limit: int, terms: FilterTerms
-    ) -> list[Hit]: ...
+    def _fused(
+        self, probes: list[Probe], k: int, prefetch_limit: int, terms: FilterTerms, method: FusionMethod
+    ) -> list[Hit]:
+        """One prefetch per probe (each filtered by `terms`), fused by `method` in the engine."""
 
     @abc.abstractmethod
     def _recommend(
@@ -442,6 +902,9 @@ class VectorIndex(abc.ABC):
 
     @abc.abstractmethod
     def _optimize(self) -> None: ...
+
+    @abc.abstractmethod
+    def _vector_storage(self) -> dict[str, VectorStorage]: ...
 
     @abc.abstractmethod
     def _close(self) -> None: ...

@@ -6,8 +6,16 @@ Findings behind the design (qdrant-edge-py 0.9.0):
   touched, and it conflicts in-process too (a flock belongs to an open file description).
 - A multi-point `upsert_points` is not atomic: points before an invalid one are written. Hence the base class
   validates every item before the single engine call.
-- `optimize()` holds the GIL for its whole run: queries from other threads are not wrong, they wait.
-  Writes and optimize are serialized by a lock; reads are not locked.
+- `EdgeShard.optimize()` holds the GIL for its whole run (a Python thread got 0 ticks in an 8.1 s optimize of
+  10 k 1280-d points), so searches and health checks in the process would stall for minutes at 100 k points.
+  Hence `optimize()` runs the engine's optimizer in a child process on a flushed copy of the shard and then
+  swaps the optimized copy in (close, two renames, load); reads go on against the old handle meanwhile and
+  wait only for the swap. Writes wait for the whole optimize (they would miss the copy).
+- `EdgeShard.load` with a config naming a vector the shard lacks fails ("incompatible"), so a shard from
+  before the `fingerprint`/`frames` multivectors is loaded with the vectors it has and then given the
+  missing ones with `UpdateOperation.create_dense_vector` (no HNSW override possible there).
+- Native: MaxSim multivectors, conditional upsert (`upsert_points(condition=...)`: existing points are
+  replaced only if they match, new ones always inserted), `set_payload`, `scroll`, `query_batch`.
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ import fcntl
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -32,14 +43,21 @@ import qdrant_edge as qe
 from embedder.config import IndexConfig
 from embedder.types import StoreError
 from index.base import (
+    FRAMES,
     HIT_PAYLOAD_EXCLUDE,
+    MULTIVECTORS,
     PAYLOAD_INDEXES,
+    QUANTIZED_VECTORS,
     RRF_K,
+    SCHEMA_SEQ,
     FilterTerms,
+    FusionMethod,
     Hit,
     PointData,
+    Probe,
     Record,
     VectorIndex,
+    VectorStorage,
     check_version,
     collection_name,
 )
@@ -47,8 +65,23 @@ from index.base import (
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".reelvec.lock"
+OPTIMIZING_SUFFIX = ".optimizing"  # `.<shard>.optimizing`: the copy a child process optimizes
+PRE_OPTIMIZE_SUFFIX = ".pre-optimize"  # `.<shard>.pre-optimize`: the replaced shard, deleted after the swap
+# Run in a child process on the copy: the engine's optimizer, off this process's GIL.
+_OPTIMIZE_CHILD = (
+    "import sys, qdrant_edge as qe\n"
+    "s = qe.EdgeShard.load(sys.argv[1])\n"
+    "print(int(s.optimize()))\n"
+    "s.flush()\n"
+    "s.close()\n"
+)
 CONFIG_MARKER = "edge_config.json"  # written by EdgeShard.create; its presence means "a shard lives here"
-_SCHEMA = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaType.Float}
+_SCHEMA = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "float": qe.PayloadSchemaType.Float,
+    "integer": qe.PayloadSchemaType.Integer,
+}
+_MAXSIM = qe.MultiVectorConfig(comparator=qe.MultiVectorComparator.MaxSim)
 
 
 # ---- catalog: shard directories and the alias file ---------------------------------------------------
@@ -80,7 +113,8 @@ def read_alias(cfg: IndexConfig) -> str | None:
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError, StoreError) as e:
-        raise StoreError("bad_alias", f"alias file {path} is unreadable: {e}") from e
+        log.error("alias file %s is unreadable: %s", path, e)
+        raise StoreError("bad_alias", f"the alias of {cfg.collection!r} is unreadable") from e
 
 
 def write_alias(cfg: IndexConfig, version: str) -> None:
@@ -124,9 +158,10 @@ def _acquire_lock(directory: Path) -> int:
         except OSError:
             holder = "?"
         where = "this process" if holder == str(os.getpid()) else "another process"
+        log.warning("index at %s is locked by pid %s", directory, holder)
         raise StoreError(
             "locked",
-            f"index at {directory} is in use by {where} (pid {holder}); "
+            f"index version {directory.name} is in use by {where}; "
             "stop it or use a Qdrant server (index.backend: qdrant)",
         ) from e
     os.ftruncate(fd, 0)
@@ -143,13 +178,40 @@ def _release_lock(fd: int) -> None:
 
 @contextlib.contextmanager
 def _engine(what: str) -> Iterator[None]:
-    """Engine errors (plain `Exception`s from the binding) become StoreError('engine_error')."""
+    """Engine errors (plain `Exception`s from the binding) become StoreError('engine_error'); the engine's
+    message (paths, internals) goes to the log only."""
     try:
         yield
     except StoreError:
         raise
     except Exception as e:
-        raise StoreError("engine_error", f"{what}: {e}") from e
+        log.error("edge engine error during %s: %s", what, e)
+        raise StoreError("engine_error", f"{what} failed in the index engine") from e
+
+
+def _recover_interrupted_swap(directory: Path) -> None:
+    """A crash between the two renames of an optimize swap leaves the old shard aside: put it back."""
+    aside = directory.with_name(f".{directory.name}{PRE_OPTIMIZE_SUFFIX}")
+    if not (directory / CONFIG_MARKER).is_file() and (aside / CONFIG_MARKER).is_file():
+        log.warning("restoring %s from an interrupted optimize swap", directory)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(aside, directory)
+
+
+def _guard(seq: int) -> qe.Filter:
+    """Matches points a write of schema generation `seq` may replace: older or equal, or unversioned."""
+    return qe.Filter(
+        should=[qe.FieldCondition(key=SCHEMA_SEQ, range=qe.RangeFloat(lte=seq)), qe.IsEmptyCondition(SCHEMA_SEQ)]
+    )
+
+
+def _stored_vector_names(directory: Path) -> set[str]:
+    try:
+        return set(json.loads((directory / CONFIG_MARKER).read_text())["vectors"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.error("unreadable shard config in %s: %s", directory, e)
+        raise StoreError("engine_error", "unreadable shard config") from e
 
 
 def _edge_filter(terms: FilterTerms) -> qe.Filter | None:
@@ -169,17 +231,36 @@ def _edge_filter(terms: FilterTerms) -> qe.Filter | None:
     return qe.Filter(must=must or None, must_not=must_not or None)
 
 
+def _record(r: qe.Record) -> Record:
+    return Record(
+        id=str(r.id),
+        vectors={n: np.asarray(v, dtype=np.float32) for n, v in (r.vector or {}).items()},
+        payload=dict(r.payload or {}),
+    )
+
+
 class EdgeIndex(VectorIndex):
     """A version as the Edge shard `cfg.path/<collection>__<version>`, owned by this process until close."""
 
     def __init__(self, cfg: IndexConfig, dims: dict[str, int], version: str, create: bool = True) -> None:
         super().__init__(cfg, dims, version)
+        # Reads hold a share of the handle; the optimize swap waits for them and holds new ones back.
+        self._handle = threading.Condition()
+        self._readers = 0
+        self._swapping = False
         self._dir = shard_dir(cfg, version)
+        _recover_interrupted_swap(self._dir)
         exists = (self._dir / CONFIG_MARKER).is_file()
         if not exists and not create:
-            raise StoreError("unknown_version", f"no index version {version!r} at {self._dir}")
+            raise StoreError("unknown_version", f"no index version {version!r}")
         self._lock_fd = _acquire_lock(self._dir)
         try:
+            wanted, missing = dict(self._multi), []
+            if exists:
+                # Load with the multivectors the shard has (the engine refuses a config naming more); add the rest.
+                have = _stored_vector_names(self._dir)
+                missing = [n for n in self._multi if n not in have]
+                self._multi = {n: d for n, d in self._multi.items() if n in have}
             config = self._edge_config()
             try:
                 t0 = time.perf_counter()
@@ -190,9 +271,11 @@ class EdgeIndex(VectorIndex):
                     self._shard = qe.EdgeShard.create(str(self._dir), config)
             except Exception as e:
                 reason = "schema_mismatch" if "incompatible" in str(e).lower() else "engine_error"
-                raise StoreError(reason, f"cannot open {self._dir}: {e}") from e
+                log.error("cannot open %s: %s", self._dir, e)
+                raise StoreError(reason, f"cannot open index version {version!r} ({reason.replace('_', ' ')})") from e
             try:
-                with _engine(f"payload indexes of {self._dir}"):
+                self._add_multivectors(missing, wanted)
+                with _engine(f"payload indexes of {self._collection}"):
                     self._ensure_payload_indexes()
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -206,19 +289,57 @@ class EdgeIndex(VectorIndex):
         self._counter_lock = threading.Lock()
         self._since_optimize = 0
         self._optimizer: threading.Thread | None = None
-        self._params = qe.SearchParams(hnsw_ef=cfg.search_ef)
+        quant = qe.QuantizationSearchParams(rescore=cfg.quantization_rescore) if cfg.quantization == "int8" else None
+        self._params = qe.SearchParams(hnsw_ef=cfg.search_ef, quantization=quant)
 
     @property
     def path(self) -> Path:
         return self._dir
 
     def _edge_config(self) -> qe.EdgeConfig:
+        int8 = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, always_ram=True)
+        on_disk = True if self._cfg.on_disk_vectors else None
+        vectors = {
+            n: qe.EdgeVectorParams(
+                size=d,
+                distance=qe.Distance.Cosine,
+                on_disk=on_disk,
+                quantization_config=int8 if self._cfg.quantization == "int8" and n in QUANTIZED_VECTORS else None,
+            )
+            for n, d in self._dims.items()
+        }
+        for n, d in self._multi.items():
+            # `frames` is only ever retrieved by id, never searched: no HNSW graph (m=0) keeps optimize cheap.
+            hnsw = (
+                qe.HnswIndexConfig(m=0, ef_construct=self._cfg.hnsw_ef_construct, full_scan_threshold=10_000)
+                if n == FRAMES
+                else None
+            )
+            vectors[n] = qe.EdgeVectorParams(
+                size=d, distance=qe.Distance.Cosine, on_disk=on_disk, multivector_config=_MAXSIM, hnsw_config=hnsw
+            )
         return qe.EdgeConfig(
-            vectors={n: qe.EdgeVectorParams(size=d, distance=qe.Distance.Cosine) for n, d in self._dims.items()},
+            vectors=vectors,
             hnsw_config=qe.HnswIndexConfig(
                 m=self._cfg.hnsw_m, ef_construct=self._cfg.hnsw_ef_construct, full_scan_threshold=10_000
             ),
         )
+
+    def _add_multivectors(self, names: list[str], wanted: dict[str, int]) -> None:
+        """Give an older shard the multivectors it lacks; one the engine refuses is left out (`unsupported`)."""
+        for name in names:
+            try:
+                op = qe.UpdateOperation.create_dense_vector(
+                    name, wanted[name], qe.Distance.Cosine, multivector_config=_MAXSIM
+                )
+                self._shard.update(op)
+                self._shard.flush()
+            except Exception as e:
+                log.error("cannot add multivector %r to %s, its features are unsupported: %s", name, self._dir, e)
+                continue
+            self._multi[name] = wanted[name]
+            log.info("added multivector %r to %s", name, self._dir)
+        self._multi = {n: self._multi[n] for n in MULTIVECTORS if n in self._multi}
 
     def _ensure_payload_indexes(self) -> None:
         have = set(self._shard.info().payload_schema)
@@ -229,12 +350,14 @@ class EdgeIndex(VectorIndex):
 
     # ---- writes ---------------------------------------------------------------------------------------
 
-    def _upsert(self, points: list[PointData]) -> None:
+    def _upsert(self, points: list[PointData], insert_only: bool = False, guard_seq: int | None = None) -> None:
         # Lists, not arrays: the binding converts a list ~4x faster than it iterates a numpy array.
         ops = qe.UpdateOperation.upsert_points(
-            [qe.Point(uuid.UUID(p.id), {n: v.tolist() for n, v in p.vectors.items()}, p.payload) for p in points]
+            [qe.Point(uuid.UUID(p.id), {n: v.tolist() for n, v in p.vectors.items()}, p.payload) for p in points],
+            condition=_guard(guard_seq) if guard_seq is not None else None,
+            update_mode=qe.UpdateMode.InsertOnly if insert_only else None,
         )
-        with self._write_lock, _engine(f"upsert into {self._dir}"):
+        with self._write_lock, _engine(f"upsert into {self._collection}"):
             self._shard.update(ops)
             self._shard.flush()  # durable per batch: a crash after upsert() returns loses nothing
         with self._counter_lock:
@@ -243,8 +366,14 @@ class EdgeIndex(VectorIndex):
         if due:
             self._optimize_in_background()
 
+    def _set_payload(self, values: list[tuple[str, dict[str, Any]]]) -> None:
+        with self._write_lock, _engine(f"set payload in {self._collection}"):
+            for pid, fields in values:
+                self._shard.update(qe.UpdateOperation.set_payload([uuid.UUID(pid)], fields))
+            self._shard.flush()
+
     def _delete(self, point_ids: list[str]) -> None:
-        with self._write_lock, _engine(f"delete from {self._dir}"):
+        with self._write_lock, _engine(f"delete from {self._collection}"):
             self._shard.update(qe.UpdateOperation.delete_points([uuid.UUID(p) for p in point_ids]))
             self._shard.flush()
 
@@ -252,10 +381,81 @@ class EdgeIndex(VectorIndex):
         with self._counter_lock:
             self._since_optimize = 0
         t0 = time.perf_counter()
-        with self._write_lock, _engine(f"optimize {self._dir}"):
+        with self._write_lock:
+            stage = self._dir.with_name(f".{self._dir.name}{OPTIMIZING_SUFFIX}")
+            aside = self._dir.with_name(f".{self._dir.name}{PRE_OPTIMIZE_SUFFIX}")
+            for leftover in (stage, aside):
+                shutil.rmtree(leftover, ignore_errors=True)
+            try:
+                with _engine(f"flush {self._collection}"):
+                    self._shard.flush()
+                shutil.copytree(self._dir, stage, ignore=shutil.ignore_patterns(LOCK_FILE))
+                t_copy = time.perf_counter() - t0
+                changed = self._optimize_copy(stage)
+                if changed:
+                    self._swap_in(stage, aside)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+                shutil.rmtree(aside, ignore_errors=True)
+        log.info("optimized %s in %.1fs (copy %.1fs, changed=%s)", self._dir, time.perf_counter() - t0, t_copy, changed)
+
+    def _optimize_copy(self, stage: Path) -> bool:
+        """Run the engine's optimizer on `stage` in a child process; whether it changed anything."""
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", _OPTIMIZE_CHILD, str(stage)], capture_output=True, text=True, check=False
+            )
+        except OSError as e:
+            log.error("cannot start the optimizer process for %s: %s", self._dir, e)
+            raise StoreError("optimize_failed", f"optimize of {self._collection} could not start") from e
+        if out.returncode != 0:
+            log.error("optimizer process for %s exited %d: %s", self._dir, out.returncode, out.stderr[-2000:])
+            raise StoreError("optimize_failed", f"optimize of {self._collection} failed in the index engine")
+        return out.stdout.strip().endswith("1")
+
+    def _swap_in(self, stage: Path, aside: Path) -> None:
+        """Replace the live shard by the optimized copy: wait for in-flight reads, close, rename, load."""
+        new_lock = _acquire_lock(stage)  # the copy's own lock file (the copy is private: nobody else holds it)
+        with self._handle:
+            self._swapping = True
+            while self._readers:
+                self._handle.wait()
+        try:
+            with _engine(f"swap in the optimized {self._collection}"):
+                self._shard.close()
+                os.replace(self._dir, aside)
+                os.replace(stage, self._dir)
+                self._shard = qe.EdgeShard.load(str(self._dir), self._edge_config())
+            _release_lock(self._lock_fd)
+            self._lock_fd = new_lock
+        except BaseException:
+            _release_lock(new_lock)
+            raise
+        finally:
+            with self._handle:
+                self._swapping = False
+                self._handle.notify_all()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._handle:
+            while self._swapping:
+                self._handle.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._handle:
+                self._readers -= 1
+                if not self._readers:
+                    self._handle.notify_all()
+
+    def _optimize_in_process(self) -> bool:
+        """The engine's optimizer on the live handle, holding the GIL throughout (kept for bench/search.py)."""
+        with self._write_lock, _engine(f"optimize {self._collection}"):
             changed = self._shard.optimize()
             self._shard.flush()
-        log.info("optimized %s in %.1fs (changed=%s)", self._dir, time.perf_counter() - t0, changed)
+        return bool(changed)
 
     def _optimize_in_background(self) -> None:
         with self._counter_lock:
@@ -281,7 +481,7 @@ class EdgeIndex(VectorIndex):
     def _close(self) -> None:
         self.wait_for_optimizer()
         try:
-            with self._write_lock, _engine(f"close {self._dir}"):
+            with self._write_lock, _engine(f"close {self._collection}"):
                 self._shard.flush()
                 self._shard.close()
         finally:
@@ -289,22 +489,50 @@ class EdgeIndex(VectorIndex):
 
     # ---- reads ----------------------------------------------------------------------------------------
 
-    def _retrieve(self, point_ids: list[str], with_payload: bool, with_vectors: bool | list[str]) -> list[Record]:
-        with _engine(f"retrieve from {self._dir}"):
+    def _retrieve(
+        self, point_ids: list[str], with_payload: bool | list[str], with_vectors: bool | list[str]
+    ) -> list[Record]:
+        with self._reading(), _engine(f"retrieve from {self._collection}"):
             records = self._shard.retrieve(
                 [uuid.UUID(p) for p in point_ids], with_payload=with_payload, with_vector=with_vectors
             )
-        return [
-            Record(
-                id=str(r.id),
-                vectors={n: np.asarray(v, dtype=np.float32) for n, v in (r.vector or {}).items()},
-                payload=dict(r.payload or {}),
-            )
-            for r in records
-        ]
+        return [_record(r) for r in records]
+
+    def _scroll(self, using: str, limit: int, offset: Any) -> tuple[list[Record], Any]:
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=qe.Filter(must=[qe.HasVectorCondition(using)]),
+            with_payload=["item_id"],
+            with_vector=[using],
+        )
+        with self._reading(), _engine(f"scroll {self._collection}"):
+            records, next_offset = self._shard.scroll(request)
+        return [_record(r) for r in records], next_offset
+
+    def _maxsim_batch(self, using: str, queries: list[np.ndarray], k: int, terms: FilterTerms) -> list[list[Hit]]:
+        if not queries:
+            return []
+        flt = _edge_filter(terms)
+        batch = qe.QueryBatchRequest(
+            [
+                qe.QueryRequest(
+                    limit=k,
+                    query=qe.Query.Nearest(q.tolist(), using=using),
+                    filter=flt,
+                    params=self._params,
+                    with_payload=["item_id"],
+                    with_vector=False,
+                )
+                for q in queries
+            ]
+        )
+        with self._reading(), _engine(f"query {self._collection}"):
+            results = self._shard.query_batch(batch)
+        return [[self._hit(p.payload, p.score) for p in points] for points in results]
 
     def _run(self, request: qe.QueryRequest) -> list[Hit]:
-        with _engine(f"query {self._dir}"):
+        with self._reading(), _engine(f"query {self._collection}"):
             points = self._shard.query(request)
         return [self._hit(p.payload, p.score) for p in points]
 
@@ -322,30 +550,53 @@ class EdgeIndex(VectorIndex):
     def _search(self, vector: np.ndarray, using: str, k: int, terms: FilterTerms) -> list[Hit]:
         return self._run(self._request(qe.Query.Nearest(vector.tolist(), using=using), k, terms))
 
-    def _search_multi(
-        self, vectors: dict[str, np.ndarray], k: int, prefetch_limit: int, terms: FilterTerms
+    def _fused(
+        self, probes: list[Probe], k: int, prefetch_limit: int, terms: FilterTerms, method: FusionMethod
     ) -> list[Hit]:
         flt = _edge_filter(terms)
         prefetches = [
             qe.Prefetch(
                 limit=prefetch_limit,
-                query=qe.Query.Nearest(v.tolist(), using=name),
+                query=self._recommend_query(list(p.positive), list(p.negative), p.using)
+                if p.recommend
+                else qe.Query.Nearest(p.positive[0].tolist(), using=p.using),
                 filter=flt,
                 params=self._params,
             )
-            for name, v in vectors.items()
+            for p in probes
         ]
-        return self._run(self._request(qe.Fusion.Rrf(k=RRF_K), k, terms, prefetches))
+        fusion = qe.Fusion.Rrf(k=RRF_K) if method == "rrf" else qe.Fusion.Dbsf()
+        return self._run(self._request(fusion, k, terms, prefetches))
 
-    def _recommend(
-        self, positive: list[np.ndarray], negative: list[np.ndarray], using: str, k: int, terms: FilterTerms
-    ) -> list[Hit]:
+    def _recommend_query(self, positive: list[np.ndarray], negative: list[np.ndarray], using: str) -> Any:
         query = qe.RecommendQuery(positives=[v.tolist() for v in positive], negatives=[v.tolist() for v in negative])
         strategy = (
             qe.Query.RecommendSumScores if self._cfg.recommend_strategy == "sum_scores" else qe.Query.RecommendBestScore
         )
-        return self._run(self._request(strategy(query, using=using), k, terms))
+        return strategy(query, using=using)
+
+    def _recommend(
+        self, positive: list[np.ndarray], negative: list[np.ndarray], using: str, k: int, terms: FilterTerms
+    ) -> list[Hit]:
+        return self._run(self._request(self._recommend_query(positive, negative, using), k, terms))
+
+    def _vector_storage(self) -> dict[str, VectorStorage]:
+        # The engine persists the config it runs with (merged with what it found on load) in this file.
+        try:
+            vectors = json.loads((self._dir / CONFIG_MARKER).read_text())["vectors"]
+        except (OSError, ValueError, KeyError) as e:
+            raise StoreError("engine_error", f"unreadable shard config in {self._collection}") from e
+        out = {}
+        for name, params in vectors.items():
+            scalar = (params.get("quantization_config") or {}).get("scalar")
+            out[name] = VectorStorage(
+                size=int(params["size"]),
+                quantization=scalar.get("type") if scalar else None,
+                always_ram=scalar.get("always_ram") if scalar else None,
+                on_disk=params.get("on_disk"),
+            )
+        return out
 
     def _count(self) -> int:
-        with _engine(f"count {self._dir}"):
+        with self._reading(), _engine(f"count {self._collection}"):
             return int(self._shard.count(qe.CountRequest(exact=True)))

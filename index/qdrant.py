@@ -2,6 +2,11 @@
 
 `cfg.url == ":memory:"` uses one process-wide in-memory client (so every open and catalog call in the process
 sees the same data, like a server would); tests inject their own `client=` for isolation.
+
+Native in qdrant-client 1.20 (server and local mode alike): MaxSim multivectors, `create_vector_name` (an older
+collection gets the `fingerprint`/`frames` multivectors on open), `upsert(update_filter=...)` for
+version-guarded writes, batched `set_payload`, `scroll`, `query_batch_points`. Local mode applies the update
+filter in Python, under the process-wide local write lock like every other local-mode write.
 """
 
 from __future__ import annotations
@@ -22,20 +27,32 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from embedder.config import IndexConfig
 from embedder.types import ConfigError, StoreError
 from index.base import (
+    FRAMES,
     HIT_PAYLOAD_EXCLUDE,
+    MULTIVECTORS,
     PAYLOAD_INDEXES,
+    QUANTIZED_VECTORS,
     RRF_K,
+    SCHEMA_SEQ,
     FilterTerms,
+    FusionMethod,
     Hit,
     PointData,
+    Probe,
     Record,
     VectorIndex,
+    VectorStorage,
     collection_name,
 )
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = {"keyword": qm.PayloadSchemaType.KEYWORD, "float": qm.PayloadSchemaType.FLOAT}
+_SCHEMA = {
+    "keyword": qm.PayloadSchemaType.KEYWORD,
+    "float": qm.PayloadSchemaType.FLOAT,
+    "integer": qm.PayloadSchemaType.INTEGER,
+}
+_MAXSIM = qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM)
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     ResponseHandlingException,
     httpx.TransportError,
@@ -44,6 +61,9 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 )
 _memory_client: QdrantClient | None = None
 _memory_lock = threading.Lock()
+# Local mode checks "id exists?" and then writes in Python, so two threads could both insert one id:
+# every local-mode write in this process goes through this lock (a server decides atomically itself).
+_local_write_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -54,10 +74,12 @@ def _errors(what: str) -> Iterator[None]:
     except StoreError:
         raise
     except _TRANSPORT_ERRORS as e:
-        raise StoreError("unreachable", f"{what}: Qdrant server unreachable: {e}") from e
+        log.error("%s: Qdrant server unreachable: %s", what, e)
+        raise StoreError("unreachable", f"{what}: Qdrant server unreachable") from e
     except UnexpectedResponse as e:
         reason = "unreachable" if e.status_code >= 500 else "rejected"
-        raise StoreError(reason, f"{what}: HTTP {e.status_code}: {e.content!r}") from e
+        log.error("%s: HTTP %s from Qdrant: %r", what, e.status_code, e.content)
+        raise StoreError(reason, f"{what}: the Qdrant server answered HTTP {e.status_code}") from e
 
 
 def make_client(cfg: IndexConfig) -> tuple[QdrantClient, bool]:
@@ -72,7 +94,7 @@ def make_client(cfg: IndexConfig) -> tuple[QdrantClient, bool]:
             return _memory_client, False
     client = QdrantClient(
         url=cfg.url,
-        api_key=cfg.api_key,
+        api_key=cfg.api_key.get_secret_value() if cfg.api_key is not None else None,
         timeout=max(1, math.ceil(cfg.timeout_s)),
         # The first real call (collection_exists) reports an unreachable server as StoreError instead.
         check_compatibility=False,
@@ -122,6 +144,25 @@ def set_server_alias(cfg: IndexConfig, version: str, client: QdrantClient) -> No
         client.update_collection_aliases(change_aliases_operations=ops)
 
 
+def _guard(seq: int) -> qm.Filter:
+    """Matches points a write of schema generation `seq` may replace: older or equal, or unversioned."""
+    return qm.Filter(
+        should=[
+            qm.FieldCondition(key=SCHEMA_SEQ, range=qm.Range(lte=seq)),
+            qm.IsEmptyCondition(is_empty=qm.PayloadField(key=SCHEMA_SEQ)),
+        ]
+    )
+
+
+def _record(r: Any) -> Record:
+    vec = r.vector if isinstance(r.vector, dict) else {}
+    return Record(
+        id=str(r.id),
+        vectors={n: np.asarray(v, dtype=np.float32) for n, v in vec.items()},
+        payload=dict(r.payload or {}),
+    )
+
+
 def _server_filter(terms: FilterTerms) -> qm.Filter | None:
     """The only place a FilterTerms becomes a qdrant-client filter."""
     if terms.empty:
@@ -160,8 +201,10 @@ class QdrantServerIndex(VectorIndex):
         except BaseException:
             self._close()
             raise
+        self._local = _is_local(self._client)
+        quant = qm.QuantizationSearchParams(rescore=cfg.quantization_rescore) if cfg.quantization == "int8" else None
         # Local mode searches exhaustively and warns on every query given search params, so give none.
-        self._params = None if _is_local(self._client) else qm.SearchParams(hnsw_ef=cfg.search_ef)
+        self._params = None if self._local else qm.SearchParams(hnsw_ef=cfg.search_ef, quantization=quant)
 
     @property
     def client(self) -> QdrantClient:
@@ -175,9 +218,29 @@ class QdrantServerIndex(VectorIndex):
                 return
             if not create:
                 raise StoreError("unknown_version", f"no collection {name!r}")
+            int8 = qm.ScalarQuantization(scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, always_ram=True))
+            on_disk = True if self._cfg.on_disk_vectors else None
+            vectors = {
+                n: qm.VectorParams(
+                    size=d,
+                    distance=qm.Distance.COSINE,
+                    on_disk=on_disk,
+                    quantization_config=int8 if self._cfg.quantization == "int8" and n in QUANTIZED_VECTORS else None,
+                )
+                for n, d in self._dims.items()
+            }
+            for n, d in self._multi.items():
+                # `frames` is only ever retrieved by id, never searched: no HNSW graph (m=0).
+                vectors[n] = qm.VectorParams(
+                    size=d,
+                    distance=qm.Distance.COSINE,
+                    on_disk=on_disk,
+                    multivector_config=_MAXSIM,
+                    hnsw_config=qm.HnswConfigDiff(m=0) if n == FRAMES else None,
+                )
             self._client.create_collection(
                 name,
-                vectors_config={n: qm.VectorParams(size=d, distance=qm.Distance.COSINE) for n, d in self._dims.items()},
+                vectors_config=vectors,
                 hnsw_config=qm.HnswConfigDiff(m=self._cfg.hnsw_m, ef_construct=self._cfg.hnsw_ef_construct),
             )
             if not _is_local(self._client):  # local mode has no payload indexes (and warns if asked)
@@ -186,26 +249,56 @@ class QdrantServerIndex(VectorIndex):
         log.info("created collection %s with vectors %s", name, self._dims)
 
     def _check_schema(self) -> None:
-        vectors = self._client.get_collection(self._collection).config.params.vectors
-        have = {n: p.size for n, p in vectors.items()} if isinstance(vectors, dict) else {}
-        if have != self._dims:
+        """Dense vectors must match exactly; missing multivectors are added (or left out as unsupported)."""
+        info = self._client.get_collection(self._collection)
+        vectors = info.config.params.vectors
+        params = vectors if isinstance(vectors, dict) else {}
+        dense = {n: p.size for n, p in params.items() if p.multivector_config is None}
+        multi = {n: p.size for n, p in params.items() if p.multivector_config is not None}
+        wrong_multi = {n: s for n, s in multi.items() if n in self._multi and s != self._multi[n]}
+        if dense != self._dims or wrong_multi:
             raise StoreError(
                 "schema_mismatch",
-                f"collection {self._collection} has vectors {have}, caller expects {self._dims}",
+                f"collection {self._collection} has vectors {dense | multi}, caller expects {self._dims | self._multi}",
             )
+        for name, size in list(self._multi.items()):
+            if name in multi:
+                continue
+            try:
+                config = qm.DenseVectorConfig(size=size, distance=qm.Distance.COSINE, multivector_config=_MAXSIM)
+                self._client.create_vector_name(self._collection, name, qm.DenseVectorNameConfig(dense=config))
+                log.info("added multivector %r to %s", name, self._collection)
+            except Exception as e:  # an older server, or no rights to change the schema
+                log.error("cannot add multivector %r to %s (features unsupported): %s", name, self._collection, e)
+                del self._multi[name]
+        self._multi = {n: self._multi[n] for n in MULTIVECTORS if n in self._multi}
+        if not _is_local(self._client):  # a collection from before a payload index was added to PAYLOAD_INDEXES
+            for field, kind in PAYLOAD_INDEXES.items():
+                if field not in (info.payload_schema or {}):
+                    self._client.create_payload_index(self._collection, field, _SCHEMA[kind], wait=True)
 
     # ---- writes ---------------------------------------------------------------------------------------
 
-    def _upsert(self, points: list[PointData]) -> None:
+    def _upsert(self, points: list[PointData], insert_only: bool = False, guard_seq: int | None = None) -> None:
         structs = [
             qm.PointStruct(id=p.id, vector={n: v.tolist() for n, v in p.vectors.items()}, payload=p.payload)
             for p in points
         ]
-        with _errors(f"upsert into {self._collection}"):
-            self._client.upsert(self._collection, structs, wait=True)
+        mode = qm.UpdateMode.INSERT_ONLY if insert_only else None
+        guard = _guard(guard_seq) if guard_seq is not None else None
+        with _errors(f"upsert into {self._collection}"), self._write_guard():
+            self._client.upsert(self._collection, structs, wait=True, update_mode=mode, update_filter=guard)
+
+    def _set_payload(self, values: list[tuple[str, dict[str, Any]]]) -> None:
+        ops = [qm.SetPayloadOperation(set_payload=qm.SetPayload(payload=f, points=[pid])) for pid, f in values]
+        with _errors(f"set payload in {self._collection}"), self._write_guard():
+            self._client.batch_update_points(self._collection, ops, wait=True)
+
+    def _write_guard(self) -> contextlib.AbstractContextManager[Any]:
+        return _local_write_lock if self._local else contextlib.nullcontext()
 
     def _delete(self, point_ids: list[str]) -> None:
-        with _errors(f"delete from {self._collection}"):
+        with _errors(f"delete from {self._collection}"), self._write_guard():
             self._client.delete(self._collection, qm.PointIdsList(points=list(point_ids)), wait=True)
 
     def _optimize(self) -> None:
@@ -218,22 +311,40 @@ class QdrantServerIndex(VectorIndex):
 
     # ---- reads ----------------------------------------------------------------------------------------
 
-    def _retrieve(self, point_ids: list[str], with_payload: bool, with_vectors: bool | list[str]) -> list[Record]:
+    def _retrieve(
+        self, point_ids: list[str], with_payload: bool | list[str], with_vectors: bool | list[str]
+    ) -> list[Record]:
         with _errors(f"retrieve from {self._collection}"):
             records = self._client.retrieve(
                 self._collection, point_ids, with_payload=with_payload, with_vectors=with_vectors
             )
-        out = []
-        for r in records:
-            vec = r.vector if isinstance(r.vector, dict) else {}
-            out.append(
-                Record(
-                    id=str(r.id),
-                    vectors={n: np.asarray(v, dtype=np.float32) for n, v in vec.items()},
-                    payload=dict(r.payload or {}),
-                )
+        return [_record(r) for r in records]
+
+    def _scroll(self, using: str, limit: int, offset: Any) -> tuple[list[Record], Any]:
+        with _errors(f"scroll {self._collection}"):
+            records, next_offset = self._client.scroll(
+                self._collection,
+                scroll_filter=qm.Filter(must=[qm.HasVectorCondition(has_vector=using)]),
+                limit=limit,
+                offset=offset,
+                with_payload=["item_id"],
+                with_vectors=[using],
             )
-        return out
+        return [_record(r) for r in records], next_offset
+
+    def _maxsim_batch(self, using: str, queries: list[np.ndarray], k: int, terms: FilterTerms) -> list[list[Hit]]:
+        if not queries:
+            return []
+        flt = _server_filter(terms)
+        requests = [
+            qm.QueryRequest(
+                query=q.tolist(), using=using, limit=k, filter=flt, params=self._params, with_payload=["item_id"]
+            )
+            for q in queries
+        ]
+        with _errors(f"query {self._collection}"):
+            responses = self._client.query_batch_points(self._collection, requests=requests)
+        return [[self._hit(p.payload, p.score) for p in r.points] for r in responses]
 
     def _run(self, terms: FilterTerms, k: int, **query: Any) -> list[Hit]:
         with _errors(f"query {self._collection}"):
@@ -251,29 +362,56 @@ class QdrantServerIndex(VectorIndex):
     def _search(self, vector: np.ndarray, using: str, k: int, terms: FilterTerms) -> list[Hit]:
         return self._run(terms, k, query=vector.tolist(), using=using)
 
-    def _search_multi(
-        self, vectors: dict[str, np.ndarray], k: int, prefetch_limit: int, terms: FilterTerms
+    def _fused(
+        self, probes: list[Probe], k: int, prefetch_limit: int, terms: FilterTerms, method: FusionMethod
     ) -> list[Hit]:
         flt = _server_filter(terms)
         prefetch = [
-            qm.Prefetch(query=v.tolist(), using=name, limit=prefetch_limit, filter=flt, params=self._params)
-            for name, v in vectors.items()
+            qm.Prefetch(
+                query=self._recommend_query(list(p.positive), list(p.negative))
+                if p.recommend
+                else p.positive[0].tolist(),
+                using=p.using,
+                limit=prefetch_limit,
+                filter=flt,
+                params=self._params,
+            )
+            for p in probes
         ]
-        return self._run(terms, k, prefetch=prefetch, query=qm.RrfQuery(rrf=qm.Rrf(k=RRF_K)))
+        # RRF with our k (Fusion.RRF would use the engine default k); DBSF has no parameter.
+        fusion = qm.RrfQuery(rrf=qm.Rrf(k=RRF_K)) if method == "rrf" else qm.FusionQuery(fusion=qm.Fusion.DBSF)
+        return self._run(terms, k, prefetch=prefetch, query=fusion)
 
-    def _recommend(
-        self, positive: list[np.ndarray], negative: list[np.ndarray], using: str, k: int, terms: FilterTerms
-    ) -> list[Hit]:
+    def _recommend_query(self, positive: list[np.ndarray], negative: list[np.ndarray]) -> qm.RecommendQuery:
         # Example vectors, not ids: the base class already fetched them (and checked they exist), and
         # the examples are excluded through the filter, so both backends behave the same.
-        query = qm.RecommendQuery(
+        return qm.RecommendQuery(
             recommend=qm.RecommendInput(
                 positive=[v.tolist() for v in positive],
                 negative=[v.tolist() for v in negative],
                 strategy=qm.RecommendStrategy(self._cfg.recommend_strategy),
             )
         )
-        return self._run(terms, k, query=query, using=using)
+
+    def _recommend(
+        self, positive: list[np.ndarray], negative: list[np.ndarray], using: str, k: int, terms: FilterTerms
+    ) -> list[Hit]:
+        return self._run(terms, k, query=self._recommend_query(positive, negative), using=using)
+
+    def _vector_storage(self) -> dict[str, VectorStorage]:
+        with _errors(f"describe {self._collection}"):
+            vectors = self._client.get_collection(self._collection).config.params.vectors
+        out = {}
+        for name, params in (vectors or {}).items() if isinstance(vectors, dict) else []:
+            q = params.quantization_config
+            scalar = q.scalar if isinstance(q, qm.ScalarQuantization) else None
+            out[name] = VectorStorage(
+                size=params.size,
+                quantization=scalar.type.value if scalar else None,
+                always_ram=scalar.always_ram if scalar else None,
+                on_disk=params.on_disk,
+            )
+        return out
 
     def _count(self) -> int:
         with _errors(f"count {self._collection}"):

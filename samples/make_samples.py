@@ -1,6 +1,7 @@
-"""Regenerate reelvec's sample media (16 topic clips, captions.jsonl, test fixtures), deterministically.
+"""Regenerate reelvec's sample media (topic clips, overlay-text clips, captions.jsonl, fixtures), deterministically.
 
-Needs the espeak-ng CLI. Run `.venv/bin/python samples/make_samples.py`; `--verify-only` checks existing files.
+Needs the espeak-ng CLI, except `--overlays-only` (overlay clips reuse the committed clips' speech); `--verify-only`
+checks the existing files. Run `.venv/bin/python samples/make_samples.py [--overlays-only | --verify-only]`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 import av
 import numpy as np
 from av.video.frame import PictureType
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 log = logging.getLogger("make_samples")
 
@@ -619,12 +620,246 @@ def encoder_available(name: str) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------------------------- overlay clips
+
+OVERLAY_W, OVERLAY_H = 640, 360  # 360-px short side: the size PP-OCR sees after decode's resize
+TEXT_CLIP_S = 4.0
+FONT_SIZE = 40
+# Aileron's space is narrow: at 40 px PP-OCR read "in ten minutes" as "intenminutes", so words get wider gaps
+WORD_GAP = 0.45  # of FONT_SIZE
+TOPIC_COLOURS: dict[str, tuple[Rgb, Rgb]] = {
+    "cooking": ((205, 95, 40), (110, 35, 20)),
+    "soccer": ((40, 135, 60), (10, 60, 30)),
+    "ocean": ((25, 120, 185), (10, 40, 95)),
+    "space": ((45, 25, 95), (8, 8, 30)),
+}
+
+
+@dataclass(frozen=True)
+class OverlaySpec:
+    """A 640x360 clip whose burned-in text states its topic; the text changes once, at mid-clip.
+
+    `speech_from` names a catalogue clip whose speech track (and scene) is reused; without it the clip shows an
+    abstract topic-coloured backdrop and has a synthetic music track (`music`) or no audio stream at all.
+    """
+
+    item_id: str
+    topic: str
+    cards: tuple[str, str]
+    creator_id: str
+    day: int
+    music: bool = False
+    speech_from: str | None = None
+    caption: str = ""
+    hashtags: tuple[str, ...] = ()
+
+    @property
+    def audio_kind(self) -> str:
+        return "speech" if self.speech_from else "music" if self.music else "none"
+
+
+# Text-only clips: the topic is only on screen (no caption, no speech). Each card uses words of its topic that a
+# paraphrased query can match, and the two cards of a clip say different things (OCR must read both).
+# fmt: off
+OVERLAYS: tuple[OverlaySpec, ...] = (
+    OverlaySpec("cooking_text_01", "cooking", ("Homemade pasta in ten minutes", "Fresh basil and tomato"),
+                "creator_e", 9, music=True),
+    OverlaySpec("cooking_text_02", "cooking", ("Sourdough bread step by step", "Knead the dough and let it rise"),
+                "creator_f", 10),
+    OverlaySpec("soccer_text_01", "soccer", ("Top five free kick goals", "Curled into the top corner"),
+                "creator_f", 11, music=True),
+    OverlaySpec("soccer_text_02", "soccer", ("Penalty shootout practice", "Goalkeeper diving saves"),
+                "creator_e", 12),
+    OverlaySpec("ocean_text_01", "ocean", ("Snorkeling over the coral reef", "Sea turtles and tropical fish"),
+                "creator_e", 13, music=True),
+    OverlaySpec("ocean_text_02", "ocean", ("Surfing big waves at sunrise", "Paddle out past the breakers"),
+                "creator_f", 14),
+    OverlaySpec("space_text_01", "space", ("Total solar eclipse tonight", "The moon hides the sun"),
+                "creator_f", 15, music=True),
+    OverlaySpec("space_text_02", "space", ("Mars rover on the red planet", "Searching for ancient water"),
+                "creator_e", 16),
+    # Agreeing clips: on-screen text, speech (reused from the named clip) and caption all say the same thing.
+    OverlaySpec("cooking_agree_01", "cooking", ("Frying onions and carrots", "in olive oil for dinner"),
+                "creator_a", 17, speech_from="cooking_02",
+                caption="Onions and carrots fried in olive oil for an easy dinner",
+                hashtags=("cooking", "vegetables", "dinner")),
+    OverlaySpec("soccer_agree_01", "soccer", ("Two soccer teams", "chasing the ball across the field"),
+                "creator_b", 18, speech_from="soccer_02",
+                caption="Both teams chase the ball across the soccer field",
+                hashtags=("soccer", "match")),
+    OverlaySpec("ocean_agree_01", "ocean", ("Dolphins and whales", "swimming in the deep ocean"),
+                "creator_c", 19, speech_from="ocean_02",
+                caption="Dolphins and whales swimming together in the deep ocean",
+                hashtags=("ocean", "dolphins", "whales")),
+    OverlaySpec("space_agree_01", "space", ("Stars and planets", "shining in the night sky"),
+                "creator_d", 20, speech_from="space_02",
+                caption="Stars and planets shining bright in the dark night sky",
+                hashtags=("space", "stars", "astronomy")),
+    # Off-topic caption: a real-looking social caption that says nothing; speech and on-screen text are on topic.
+    OverlaySpec("soccer_noisycap_01", "soccer", ("Striker scores the winning goal", "The keeper had no chance"),
+                "creator_e", 21, speech_from="soccer_01",
+                caption="omg best day ever 😍 #fyp #viral", hashtags=("fyp", "viral")),
+)
+# fmt: on
+
+
+class TopicBackdrop:
+    """An abstract topic-coloured background: a drifting two-colour gradient with soft floating circles."""
+
+    def __init__(self, topic: str, w: int, h: int, name: str) -> None:
+        rng = seed_for(name)
+        self.w, self.h = w, h
+        self.top, self.bottom = TOPIC_COLOURS[topic]
+        self.blobs = [
+            (*rng.uniform((0, 0, 0.08 * h, -25, -12), (w, h, 0.2 * h, 25, 12)),)  # x, y, radius, vx, vy
+            for _ in range(7)
+        ]
+
+    def render(self, i: int) -> np.ndarray:
+        t = i / FPS
+        w, h = self.w, self.h
+        y = np.arange(h, dtype=np.float32)[:, None, None] / h
+        x = np.arange(w, dtype=np.float32)[None, :, None] / w
+        a = np.clip(0.65 * y + 0.35 * (0.5 + 0.5 * np.sin(2 * math.pi * (x + 0.12 * t))), 0, 1)
+        arr = (1 - a) * np.array(self.top, np.float32) + a * np.array(self.bottom, np.float32)
+        img = Image.fromarray(np.broadcast_to(arr, (h, w, 3)).round().astype(np.uint8))
+        d = ImageDraw.Draw(img, "RGBA")
+        for bx, by, r, vx, vy in self.blobs:
+            disc(d, (bx + vx * t) % (w + 2 * r) - r, (by + vy * t) % (h + 2 * r) - r, r, (255, 255, 255, 40))
+        return np.asarray(img)
+
+
+def line_width(words: list[str], font: ImageFont.FreeTypeFont) -> float:
+    """Pixel width of `words` drawn with WORD_GAP spacing."""
+    return sum(font.getlength(x) for x in words) + WORD_GAP * FONT_SIZE * (len(words) - 1)
+
+
+def wrap(text: str, font: ImageFont.FreeTypeFont, max_w: float) -> list[list[str]]:
+    """The words of `text` as one line, or two balanced lines, no wider than `max_w` px (else ValueError)."""
+    words = text.split()
+    if line_width(words, font) <= max_w:
+        return [words]
+    splits = [[words[:k], words[k:]] for k in range(1, len(words))]
+    best = min(splits, key=lambda lines: max(line_width(x, font) for x in lines), default=[words])
+    if max(line_width(x, font) for x in best) > max_w:
+        raise ValueError(f"{text!r} does not fit two lines of {max_w:.0f} px")
+    return best
+
+
+def text_layer(text: str, w: int, h: int, lower_third: bool) -> Image.Image:
+    """A transparent w x h layer with `text` in white, outlined, on a dark rounded box (centred or lower third)."""
+    # Pillow's bundled font (Aileron), so the frames do not depend on the fonts installed on the machine.
+    font = ImageFont.load_default(size=FONT_SIZE)
+    lines = wrap(text, font, w * 0.86)
+    gap, pad, stroke = FONT_SIZE // 4, FONT_SIZE // 2, 3
+    line_h = FONT_SIZE + gap
+    block_w = max(line_width(x, font) for x in lines)
+    block_h = len(lines) * line_h - gap
+    cy = h * 0.76 if lower_third else h * 0.5
+    x0, y0 = (w - block_w) / 2, cy - block_h / 2
+    layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    d.rounded_rectangle((x0 - pad, y0 - pad, x0 + block_w + pad, y0 + block_h + pad), radius=12, fill=(0, 0, 0, 190))
+    for k, line in enumerate(lines):
+        x = (w - line_width(line, font)) / 2
+        for word in line:
+            d.text((x, y0 + k * line_h), word, font=font, fill=(255, 255, 255), stroke_width=stroke, stroke_fill=0)
+            x += font.getlength(word) + WORD_GAP * FONT_SIZE
+    return layer
+
+
+class TextOverlay:
+    """`scene` with the first card burned in for the first half of the clip and the second card after."""
+
+    def __init__(self, scene: Scene, cards: tuple[str, str], n_frames: int, w: int, h: int, lower_third: bool) -> None:
+        self.scene, self.switch = scene, n_frames // 2
+        self.layers = [text_layer(c, w, h, lower_third) for c in cards]
+
+    def render(self, i: int) -> np.ndarray:
+        base = Image.fromarray(self.scene.render(i)).convert("RGBA")
+        return np.asarray(Image.alpha_composite(base, self.layers[i >= self.switch]).convert("RGB"))
+
+
+def music(name: str, n_samples: int, rate: int) -> np.ndarray:
+    """A soft synth loop (plucked arpeggio, bass, quiet noise and hi-hats) as int16; tones only, no voice."""
+    rng = seed_for(name)
+    t = np.arange(n_samples) / rate
+    beat = 60.0 / float(rng.choice([92, 104, 116]))
+    root = 196.0 * 2 ** (int(rng.integers(0, 6)) / 12)
+    progression = (0, 5, 7, 3)  # I - IV - V - bIII, one chord per bar of 4 beats
+    out = np.zeros(n_samples)
+    for k in range(int(t[-1] / beat) + 1):
+        start = k * beat
+        seg = (t >= start) & (t < start + 2 * beat)
+        dt = t[seg] - start
+        chord = progression[(k // 4) % len(progression)]
+        f = root * 2 ** ((chord + (0, 4, 7, 12)[k % 4]) / 12)
+        harmonics = sum(a * np.sin(2 * math.pi * m * f * dt) for m, a in ((1, 0.5), (2, 0.15), (3, 0.05)))
+        out[seg] += np.exp(-4 * dt) * harmonics
+        if k % 4 == 0:
+            out[seg] += 0.35 * np.exp(-1.5 * dt) * np.sin(2 * math.pi * root * 2 ** (chord / 12) / 2 * dt)
+    noise = rng.normal(0.0, 1.0, n_samples)
+    hat = np.diff(noise, prepend=0.0) * np.exp(-60 * ((t % (beat / 2)) / (beat / 2)))
+    out += 0.03 * np.convolve(noise, np.ones(8) / 8, mode="same") + 0.04 * hat
+    out *= np.clip(np.minimum(t, t[-1] - t) / 0.05, 0, 1)  # 50 ms fades, no clicks at the ends
+    return np.round(out / np.abs(out).max() * 0.3 * 32767).astype(np.int16)
+
+
+def clip_audio(path: Path, rate: int) -> np.ndarray:
+    """The audio track of a committed clip as mono int16 at `rate` (reuses its speech; no espeak-ng needed)."""
+    rs = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    with av.open(str(path)) as c:
+        parts = [f.to_ndarray().reshape(-1) for frame in c.decode(audio=0) for f in rs.resample(frame)]
+    parts += [f.to_ndarray().reshape(-1) for f in rs.resample(None)]
+    return np.concatenate(parts).astype(np.int16)
+
+
+def clip_frames(path: Path) -> int:
+    """Number of video frames a committed clip has."""
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
 # --------------------------------------------------------------------------------------------- outputs
 
 
-def make_clips() -> list[dict[str, Any]]:
-    """Encode the 16 catalogue clips and write captions.jsonl; returns the catalogue rows."""
-    rows: list[dict[str, Any]] = []
+def catalogue_row(spec: ClipSpec) -> dict[str, Any]:
+    """The captions.jsonl row of a catalogue clip."""
+    return {
+        "file": f"{spec.item_id}.mp4",
+        "item_id": spec.item_id,
+        "caption": spec.caption,
+        "hashtags": list(spec.hashtags),
+        "creator_id": spec.creator_id,
+        "created_at": f"2026-11-{spec.day:02d}T12:00:00Z",
+        "topic": spec.topic,
+        "speech": spec.speech,
+        "language": "en",
+        "audio": "speech",
+        "overlay": [],
+    }
+
+
+def overlay_row(spec: OverlaySpec) -> dict[str, Any]:
+    """The captions.jsonl row of an overlay clip (same keys as a catalogue row)."""
+    speech = next(c.speech for c in CATALOGUE if c.item_id == spec.speech_from) if spec.speech_from else ""
+    return {
+        "file": f"{spec.item_id}.mp4",
+        "item_id": spec.item_id,
+        "caption": spec.caption,
+        "hashtags": list(spec.hashtags),
+        "creator_id": spec.creator_id,
+        "created_at": f"2026-11-{spec.day:02d}T12:00:00Z",
+        "topic": spec.topic,
+        "speech": speech,
+        "language": "en",
+        "audio": spec.audio_kind,
+        "overlay": list(spec.cards),
+    }
+
+
+def make_clips() -> None:
+    """Encode the 16 catalogue clips (espeak-ng speech over drawn scenes)."""
     for spec in CATALOGUE:
         words = len(spec.speech.split())
         if not 10 <= words <= 20:
@@ -634,19 +869,33 @@ def make_clips() -> list[dict[str, Any]]:
         path = CLIPS_DIR / f"{spec.item_id}.mp4"
         encode(path, scene, n_frames, WIDTH, HEIGHT, audio, MP4)
         log.info("%s: %.2f s, %d bytes", path.name, n_frames / FPS, path.stat().st_size)
-        rows.append(
-            {
-                "file": path.name,
-                "item_id": spec.item_id,
-                "caption": spec.caption,
-                "hashtags": list(spec.hashtags),
-                "creator_id": spec.creator_id,
-                "created_at": f"2026-11-{spec.day:02d}T12:00:00Z",
-                "topic": spec.topic,
-                "speech": spec.speech,
-                "language": "en",
-            }
-        )
+
+
+def make_overlay_clips() -> None:
+    """Encode the overlay clips; speech is decoded from the committed catalogue clips, so no espeak-ng is needed."""
+    for spec in OVERLAYS:
+        w, h = OVERLAY_W, OVERLAY_H
+        audio: np.ndarray | None = None
+        if spec.speech_from:
+            src = next(c for c in CATALOGUE if c.item_id == spec.speech_from)
+            n_frames = clip_frames(CLIPS_DIR / f"{src.item_id}.mp4")
+            audio = clip_audio(CLIPS_DIR / f"{src.item_id}.mp4", AUDIO_RATE)
+            scene: Scene = SCENES[spec.topic](src.n - 1, w, h, spec.item_id)
+        else:
+            n_frames = round(TEXT_CLIP_S * FPS)
+            scene = TopicBackdrop(spec.topic, w, h, spec.item_id)
+            if spec.music:
+                audio = music(spec.item_id, n_frames * AUDIO_RATE // FPS, AUDIO_RATE)
+        overlay = TextOverlay(scene, spec.cards, n_frames, w, h, lower_third=spec.speech_from is not None)
+        path = CLIPS_DIR / f"{spec.item_id}.mp4"
+        encode(path, overlay, n_frames, w, h, audio, MP4)
+        log.info("%s: %.2f s, %s audio, %d bytes", path.name, n_frames / FPS, spec.audio_kind, path.stat().st_size)
+
+
+def write_captions() -> list[dict[str, Any]]:
+    """Write clips/captions.jsonl (catalogue rows, then overlay rows); returns the rows."""
+    rows = [catalogue_row(s) for s in CATALOGUE] + [overlay_row(s) for s in OVERLAYS]
+    # ASCII JSON (emoji as \u escapes): readers that open it with the locale's encoding still parse it
     (CLIPS_DIR / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -688,16 +937,56 @@ def make_fixtures() -> None:
 README = """\
 # reelvec sample media
 
-Generated by `make_samples.py` (drawn frames + espeak-ng speech); licence: CC0 1.0 (public domain).
-Regenerate everything with `.venv/bin/python samples/make_samples.py` (needs `apt-get install espeak-ng`
-at dev time only; the output is deterministic and committed).
+Generated by `make_samples.py` (drawn frames, espeak-ng speech, synthetic music); licence: CC0 1.0 (public
+domain). The output is deterministic and committed. `.venv/bin/python samples/make_samples.py` regenerates
+everything (needs `apt-get install espeak-ng` at dev time only); `--overlays-only` regenerates just the overlay
+clips, captions.jsonl and this file without espeak-ng (their speech is decoded from the committed clips);
+`--verify-only` checks the committed files.
 
-## clips/ (catalogue: {n_clips} clips, 4 topics x 4)
+## clips/ catalogue: {n_clips} speech clips, 4 topics x 4
 
 {size_fps} H.264 ({video_opts}) + AAC mono {rate} Hz, 3-5 s each. Topics: {topics}.
-`captions.jsonl` has one row per clip: `file, item_id, caption, hashtags, creator_id, created_at, topic,
-speech, language`. `speech` is the exact sentence spoken; captions use other words. Every `*_04` clip
-has an empty caption and no hashtags.
+`speech` is the exact sentence spoken; captions use other words. Every `*_04` clip has an empty caption and no
+hashtags. No on-screen text.
+
+## clips/ overlay clips: {n_overlays} clips, on-screen text at {overlay_size}
+
+Burned-in white text with a dark outline on a dark box, 1-2 lines of {font_px} px (Pillow's bundled Aileron),
+sized for PP-OCR at a 360-px short side. Each clip shows two different cards: the first `overlay` line for the
+first half of the clip, the second after. Same codecs as the catalogue.
+
+- `*_text_0N` (topic only on screen): {text_s:g} s, no caption, no speech, an abstract topic-coloured backdrop (no
+  topic imagery). `_01` has a synthetic music track (plucked tones, bass, soft noise; no voice), `_02` has no
+  audio stream at all. Only OCR can place these in their topic (retrieval over on-screen text, issue 2/4; music
+  that must not become a transcript, 3/4).
+- `*_agree_01` (everything agrees): the topic scene with the text in the lower third, speech reused from the
+  named catalogue clip, and a caption saying the same thing.
+- `soccer_noisycap_01` (off-topic caption): speech and text on topic, caption is social noise with no topic.
+
+| clip | topic | audio | caption | on-screen text (card 1 / card 2) |
+|---|---|---|---|---|
+{overlay_table}
+
+## captions.jsonl
+
+One row per clip (catalogue, then overlay clips): `file, item_id, caption, hashtags, creator_id, created_at,
+topic, speech, language, audio, overlay`. `audio` is `speech`, `music` or `none` (no audio stream); `speech` is
+`""` when nothing is said; `overlay` lists the on-screen cards in order (`[]` for the catalogue). `reelvec
+ingest` reads `file, item_id, caption, hashtags, creator_id, created_at`; the other keys are ground truth for
+tests and benchmarks.
+
+## eval_queries.jsonl
+
+Paraphrased text queries for retrieval evaluation: `query`, `topic`, `expected` (every clip of that topic) and
+`source`: `topic` (a paraphrase of the topic) or `overlay` (words only the on-screen text of `primary` carries,
+so only OCR can answer it).
+
+## variants.py
+
+`make_variants(src, out_dir)` / `python samples/variants.py SRC OUT_DIR` writes re-upload variants of a clip
+(near-duplicate detection): `reencode` (half size, CRF 38), `crop` (central 90 %, rescaled to 3/4 of the
+source size), `trim` (first second cut), `mirror` (horizontal flip); audio kept. Generated at test or bench
+time, never committed.
 
 ## fixtures/
 
@@ -715,12 +1004,22 @@ has an empty caption and no hashtags.
 def write_readme() -> None:
     """Write samples/README.md."""
     opts = ", ".join(f"{k}={v}" for k, v in X264_OPTS.items() if k in ("preset", "crf", "bf"))
+    table = "\n".join(
+        f"| `{o.item_id}` | {o.topic} | {o.audio_kind}{f' (from `{o.speech_from}`)' if o.speech_from else ''} "
+        f"| {o.caption or '(none)'} | {o.cards[0]} / {o.cards[1]} |"
+        for o in OVERLAYS
+    )
     text = README.format(
         n_clips=len(CATALOGUE),
         size_fps=f"{WIDTH}x{HEIGHT} @ {FPS} fps,",
         video_opts=opts,
         rate=AUDIO_RATE,
         topics=", ".join(TOPICS),
+        n_overlays=len(OVERLAYS),
+        overlay_size=f"{OVERLAY_W}x{OVERLAY_H}",
+        font_px=FONT_SIZE,
+        text_s=TEXT_CLIP_S,
+        overlay_table=table,
         fox=FOX_SENTENCE,
     )
     (ROOT / "README.md").write_text(text)
@@ -769,23 +1068,38 @@ def check_decord(path: Path, expect_audio: bool) -> str:
     return f"decord {n} frames, {audio}"
 
 
+def verify_queries(rows: list[dict[str, Any]]) -> None:
+    """eval_queries.jsonl: every query expects exactly the clips of its topic; overlay queries name overlay clips."""
+    queries = [json.loads(x) for x in (ROOT / "eval_queries.jsonl").read_text().splitlines() if x.strip()]
+    by_topic = {t: sorted(r["item_id"] for r in rows if r["topic"] == t) for t in TOPICS}
+    on_screen = {r["item_id"] for r in rows if r["overlay"]}
+    assert 16 <= len(queries) <= 24 and len({q["query"] for q in queries}) == len(queries)
+    for q in queries:
+        assert sorted(q["expected"]) == by_topic[q["topic"]], q
+        assert q["source"] in ("topic", "overlay"), q
+        assert q["source"] == "topic" or set(q["primary"]) <= on_screen & set(q["expected"]), q
+    assert {q["topic"] for q in queries if q["source"] == "overlay"} == set(TOPICS)
+
+
 def verify() -> list[tuple[str, int]]:
     """Check every generated file; returns (relative path, bytes) for all of samples/."""
     rows = [json.loads(x) for x in (CLIPS_DIR / "captions.jsonl").read_text().splitlines() if x.strip()]
-    assert len(rows) == 16 and sorted({r["topic"] for r in rows}) == sorted(TOPICS)
-    assert sum(not r["caption"] for r in rows) == 4 and len({r["creator_id"] for r in rows}) >= 3
-    videos = [(CLIPS_DIR / r["file"], True) for r in rows]
+    assert rows == [catalogue_row(s) for s in CATALOGUE] + [overlay_row(s) for s in OVERLAYS], "captions.jsonl stale"
+    assert len({r["item_id"] for r in rows}) == len(rows) and len({r["creator_id"] for r in rows}) >= 3
+    verify_queries(rows)
+    videos = [(CLIPS_DIR / r["file"], r["audio"] != "none") for r in rows]
     videos += [(FIXTURES_DIR / n, n == "quiet_audio.mp4") for n in ("silent.mp4", "quiet_audio.mp4", "bframes.mp4")]
     videos += [(FIXTURES_DIR / "big_frame.mp4", False)]
     if (FIXTURES_DIR / "clip.webm").exists():
         videos.append((FIXTURES_DIR / "clip.webm", True))
+    overlay_files = {f"{o.item_id}.mp4" for o in OVERLAYS}
     for path, has_audio in videos:
         info = probe(path)
         assert (info["audio"] is not None) == has_audio, (path, info)
         assert info["fps"] == FPS and info["frames"] > 0, (path, info)
         n_b = info["pict_types"].count("B")
         log.info(
-            "verify %-16s %5.2f s %s %s+%s %3d frames (%d B) | %s",
+            "verify %-22s %5.2f s %s %s+%s %3d frames (%d B) | %s",
             path.name,
             info["duration_s"],
             info["size"],
@@ -797,6 +1111,8 @@ def verify() -> list[tuple[str, int]]:
         )
         if path.parent == CLIPS_DIR:
             assert MIN_CLIP_S <= info["duration_s"] <= MAX_CLIP_S + 0.2 and path.stat().st_size < MAX_CLIP_BYTES
+            size = (OVERLAY_W, OVERLAY_H) if path.name in overlay_files else (WIDTH, HEIGHT)
+            assert info["size"] == size, (path, info)
     assert "B" in probe(FIXTURES_DIR / "bframes.mp4")["pict_types"], "bframes.mp4 has no B-frames"
     with wave.open(str(FIXTURES_DIR / "speech.wav")) as w:
         assert w.getframerate() == AUDIO_RATE and w.getnchannels() == 1 and w.getsampwidth() == 2
@@ -808,15 +1124,24 @@ def verify() -> list[tuple[str, int]]:
 
 
 def main() -> None:
-    """Generate all sample media (unless --verify-only), verify it and print a size summary."""
+    """Generate the sample media (all, or only the overlay clips), verify it and print a size summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--verify-only", action="store_true", help="only check the existing files")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--verify-only", action="store_true", help="only check the existing files")
+    mode.add_argument(
+        "--overlays-only",
+        action="store_true",
+        help="regenerate only the overlay clips, captions.jsonl and README.md (no espeak-ng needed)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if not args.verify_only:
-        require_espeak()
-        make_clips()
-        make_fixtures()
+        if not args.overlays_only:
+            require_espeak()
+            make_clips()
+            make_fixtures()
+        make_overlay_clips()  # after make_clips: it reuses the catalogue clips' speech tracks
+        write_captions()
         write_readme()
     sizes = verify()
     width = max(len(n) for n, _ in sizes)

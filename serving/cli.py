@@ -1,4 +1,4 @@
-"""`reelvec` command line: embed, models, ingest, search, recommend, delete, stats, serve, backfill.
+"""`reelvec` command line: embed, models, ingest, search, recommend, show, delete, stats, alias, serve, backfill.
 
 Every command takes `--config FILE` and `--json`; errors print one clear line (or a JSON object) and
 exit non-zero: 2 bad input / unknown item, 3 model unavailable, 4 index unavailable or locked, 1 other.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from embedder.config import ReelvecConfig, load_config
 from embedder.types import ConfigError, MediaError, ModelUnavailableError, ReelvecError, StoreError
@@ -34,8 +36,10 @@ KOpt = Annotated[int, typer.Option("-k", help="Number of results.")]
 UsingOpt = Annotated[str, typer.Option(help="Vector to compare: fused, visual, caption or transcript.")]
 CreatorOpt = Annotated[str | None, typer.Option(help="Only this creator id.")]
 LanguageOpt = Annotated[str | None, typer.Option(help="Only this transcript language.")]
-SinceOpt = Annotated[str | None, typer.Option(help="Created at or after (ISO date).")]
-UntilOpt = Annotated[str | None, typer.Option(help="Created before (ISO date).")]
+SinceOpt = Annotated[str | None, typer.Option(help="Created at or after this (inclusive; ISO date or datetime).")]
+UntilOpt = Annotated[
+    str | None, typer.Option(help="Created strictly before this (exclusive: --until 2026-11-08 ends on the 7th).")
+]
 ExcludeOpt = Annotated[list[str] | None, typer.Option(help="Item id to leave out (repeatable).")]
 
 EXIT_CODES: dict[type[ReelvecError], int] = {
@@ -52,11 +56,20 @@ def exit_code_for(e: ReelvecError) -> int:
     return next((code for cls, code in EXIT_CODES.items() if isinstance(e, cls)), 1)
 
 
+def say_error(styled: str, plain: str) -> None:
+    """One line on stderr: rich markup at a terminal, plain text otherwise (rich would wrap it at 80 columns)."""
+    if sys.stderr.isatty():
+        err.print(styled)
+    else:
+        print(plain, file=sys.stderr, flush=True)
+
+
 def fail(e: ReelvecError, as_json: bool) -> NoReturn:
     if as_json:
         print(json.dumps({"error": e.reason, "detail": e.detail}))
     else:
-        err.print(f"[bold red]error[/] ({e.reason}): {e.detail}")
+        detail = " ".join(e.detail.split())  # one line, whatever the detail holds
+        say_error(f"[bold red]error[/] ({e.reason}): {escape(detail)}", f"error ({e.reason}): {detail}")
     raise typer.Exit(exit_code_for(e))
 
 
@@ -81,10 +94,15 @@ def get_config(path: Path | None) -> ReelvecConfig:
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="Logs as JSON lines (the default when stderr is not a terminal).")
+    ] = False,
+) -> None:
     from serving.logs import setup_logging
 
-    setup_logging(logging.DEBUG if verbose else logging.WARNING)
+    setup_logging(logging.DEBUG if verbose else logging.WARNING, json_lines=True if log_json else None)
 
 
 @app.command()
@@ -97,14 +115,20 @@ def embed(
     as_json: JsonOpt = False,
 ) -> None:
     """Embed one video and print its vectors, transcript, models and stage timings."""
+    from embedder.decode import probe_file
+    from embedder.items import build_item
     from embedder.pipeline import ItemEmbedder
-    from embedder.types import ItemInput
 
     with cli_errors(as_json):
         cfg = get_config(config)
+        if video.is_dir():
+            raise MediaError("not_a_video", f"{video} is a folder: `reelvec ingest FOLDER` embeds a folder")
+        if not video.is_file():
+            raise MediaError("not_found", f"no such file: {video}")
+        item = build_item(item_id or video.stem, str(video), cfg.limits, caption, {"hashtags": hashtag or []})
+        probe_file(str(video))  # a bad file fails here, before any model loads
         emb = ItemEmbedder(cfg)
         try:
-            item = ItemInput(item_id=item_id or video.stem, media=str(video), caption=caption, hashtags=hashtag or [])
             result = emb.embed(item)
         finally:
             emb.close()
@@ -178,10 +202,6 @@ def _print_status(rows: list[Any], as_json: bool) -> None:
     emit([r.to_json() for r in rows], as_json, human)
 
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi"}
-SIDECAR = "captions.jsonl"
-
-
 def _spec(cfg: ReelvecConfig) -> Any:
     from embedder.pipeline import embedding_spec
 
@@ -245,29 +265,23 @@ def _print_hits(hits: list[Any], as_json: bool, title: str) -> None:
 
 
 def collect_items(
-    paths: list[Path], item_id: str | None, caption: str | None, hashtags: list[str], creator: str | None = None
+    paths: list[Path],
+    limits: Any,
+    item_id: str | None,
+    caption: str | None,
+    hashtags: list[str],
+    creator: str | None = None,
 ) -> list[Any]:
     """Files given directly, or every video in a folder with metadata from its `captions.jsonl` sidecar."""
-    from serving.backfill import parse_row
+    from embedder.items import build_item
+    from serving.manifest import VIDEO_SUFFIXES, collect_folder
 
     items = []
     for p in paths:
         if p.is_dir():
-            sidecar = p / SIDECAR
-            rows = {}
-            if sidecar.is_file():
-                for n, line in enumerate(sidecar.read_text().splitlines(), 1):
-                    if line.strip():
-                        try:
-                            row = json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise MediaError("bad_metadata", f"{sidecar}:{n}: not JSON ({e})") from e
-                        name = row.get("uri") or row.get("file")
-                        rows[Path(str(name)).name] = {**row, "uri": name}
-            for f in sorted(x for x in p.iterdir() if x.suffix.lower() in VIDEO_SUFFIXES):
-                items.append(parse_row(rows.get(f.name, {"item_id": f.stem, "uri": f.name}), p))
-        elif p.exists():
-            items.append(parse_row({"item_id": p.stem, "uri": str(p.resolve())}, p.parent))
+            items += collect_folder(p, limits)
+        elif p.is_file():
+            items.append(build_item(p.stem, str(p.resolve()), limits))
         else:
             raise MediaError("not_found", f"no such file or folder: {p}")
     if not items:
@@ -276,10 +290,16 @@ def collect_items(
         if len(items) != 1:
             raise MediaError("bad_item_id", "--id, --caption, --hashtag and --creator apply to a single file only")
         it = items[0]
-        it.item_id = item_id or it.item_id
-        it.caption = caption if caption is not None else it.caption
-        it.hashtags = hashtags or it.hashtags
-        it.creator_id = creator or it.creator_id
+        meta = {"hashtags": hashtags or it.hashtags, "creator_id": creator or it.creator_id}
+        items = [
+            build_item(
+                item_id or it.item_id,
+                it.media,
+                limits,
+                caption=caption if caption is not None else it.caption,
+                metadata={**meta, "created_at": it.created_at, "attributes": it.metadata},
+            )
+        ]
     return items
 
 
@@ -298,16 +318,19 @@ def ingest(
 
     from embedder.pipeline import ItemEmbedder
     from embedder.types import ItemEmbedding, ItemFailure
+    from serving.semantic import load_model as load_semantic
 
     with cli_errors(as_json):
         cfg = get_config(config)
-        items = collect_items(paths, item_id, caption, hashtag or [], creator)
+        items = collect_items(paths, cfg.limits, item_id, caption, hashtag or [], creator)
         index = _open_index(cfg)
         emb = None
         created: list[str] = []
         replaced: list[str] = []
         failed: list[ItemFailure] = []
+        duplicates: dict[str, tuple[str, float]] = {}
         try:
+            semantic = load_semantic(cfg, index.collection, _spec(cfg).schema_version)
             emb = ItemEmbedder(cfg)
             columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*columns, console=err, disable=as_json or len(items) < 2) as bar:
@@ -317,16 +340,17 @@ def ingest(
                     results = emb.embed_batch(items[s : s + step])
                     good = [r for r in results if isinstance(r, ItemEmbedding)]
                     failed += [r for r in results if isinstance(r, ItemFailure)]
-                    before = index.existing([g.item_id for g in good])
-                    report = index.upsert(good)
-                    failed += report.failed
-                    created += [i for i in report.written if i not in before]
-                    replaced += [i for i in report.written if i in before]
+                    report = index.ingest(good, cfg.dedup, semantic)
+                    failed += report.failed + report.refused
+                    created += report.created
+                    replaced += report.replaced
+                    duplicates.update(report.duplicates)
                     bar.advance(task, len(results))
             summary = {
                 "created": created,
                 "replaced": replaced,
                 "failed": [f.__dict__ for f in failed],
+                "duplicates": {i: {"duplicate_of": d, "duplicate_score": sc} for i, (d, sc) in duplicates.items()},
                 "count": index.count(),
                 "collection": index.collection,
                 "version": index.version,
@@ -342,8 +366,11 @@ def ingest(
             f"indexed [bold]{len(created) + len(replaced)}[/] item(s) ({len(created)} new, {len(replaced)} replaced) "
             f"into {summary['collection']}; {summary['count']} item(s) in the index"
         )
+        for i, (orig, score) in duplicates.items():
+            out.print(f"[yellow]duplicate[/] {escape(i)} re-uploads {escape(orig)} (similarity {score:.3f})")
         for f in failed:
-            err.print(f"[red]failed[/] {f.item_id or '(no id)'} at {f.stage}: {f.reason}: {f.detail}")
+            line = f"{f.item_id or '(no id)'} at {f.stage}: {f.reason}: {' '.join(f.detail.split())}"
+            say_error(f"[red]failed[/] {escape(line)}", f"failed {line}")
 
     emit(summary, as_json, human)
     if failed:
@@ -430,6 +457,38 @@ def recommend(
 
 
 @app.command()
+def show(
+    item_id: Annotated[str, typer.Argument(help="Stored item id.")],
+    vectors: Annotated[bool, typer.Option("--vectors", help="Include the stored vectors.")] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a stored item as `GET /v1/items/{id}` returns it: its payload, and with --vectors its vectors."""
+    from embedder.items import check_item_id
+
+    with cli_errors(as_json):
+        cfg = get_config(config)
+        check_item_id(item_id, cfg.limits)
+        with _open_index(cfg, create=False) as index:
+            stored = index.get(item_id)
+    doc = {
+        "item_id": stored.item_id,
+        "payload": stored.payload,
+        "vectors": {k: [float(x) for x in v] for k, v in stored.vectors.items()} if vectors else None,
+    }
+
+    def human() -> None:
+        out.print(f"[bold]{escape(stored.item_id)}[/]")
+        for key, value in stored.payload.items():
+            if key not in ("item_id", "segments", "ocr_lines"):
+                out.print(f"[bold]{key:>18}[/]  {escape(str(value))}")
+        for name, v in (doc["vectors"] or {}).items():
+            out.print(f"[bold]{name:>18}[/]  dim={len(v)} head={[round(x, 4) for x in v[:4]]}")
+
+    emit(doc, as_json, human)
+
+
+@app.command()
 def delete(
     item_ids: Annotated[list[str], typer.Argument(help="Item ids to delete.")],
     config: ConfigOpt = None,
@@ -498,20 +557,78 @@ def alias(
     )
 
 
+def check_port(host: str, port: int) -> None:
+    """`port_in_use` now, rather than after Ray and Serve started (a busy port used to surface 16 s later as four
+    proxy tracebacks)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    "port_in_use", f"{host}:{port} is already in use; stop what holds it or pick another --port"
+                ) from None
+            why = errno.errorcode.get(e.errno or 0, "unresolvable host")
+            raise ConfigError("bad_address", f"cannot listen on {host}:{port} ({why})") from None
+
+
 @app.command()
 def serve(
     address: Annotated[str | None, typer.Option(help="Ray cluster (ray://host:10001); default: local.")] = None,
-    host: Annotated[str | None, typer.Option(help="HTTP host (default: serve.host).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="HTTP host (default: serve.host; 0.0.0.0 with --write-config).")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default: serve.port).")] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Deploy to the cluster at --address and return; the app keeps running.")
+    ] = False,
+    write_config: Annotated[
+        Path | None,
+        typer.Option("--write-config", help="Write a Serve config YAML (for `serve deploy` / KubeRay) and exit."),
+    ] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the Ray Serve HTTP endpoint for new uploads until interrupted."""
-    from serving.app import run
-
+    """Run the Ray Serve HTTP endpoint until Ctrl-C / SIGTERM, deploy it to a cluster (--detach), or write its
+    Serve config (--write-config)."""
     with cli_errors(as_json):
         cfg = get_config(config)
-        run(cfg, address=address or cfg.serve.ray_address, host=host or cfg.serve.host, port=port or cfg.serve.port)
+        address = address or cfg.serve.ray_address
+        port = port or cfg.serve.port
+        if detach and write_config is not None:
+            raise ConfigError("bad_option", "give either --detach or --write-config, not both")
+        if write_config is not None:
+            from serving.service import serve_config, write_serve_config
+
+            doc = serve_config(cfg, config, host or "0.0.0.0", port)
+            write_serve_config(doc, write_config)
+            app_doc = doc["applications"][0]
+            summary = {
+                "written": str(write_config),
+                "import_path": app_doc["import_path"],
+                "args": app_doc["args"],
+                "deployments": [d["name"] for d in app_doc["deployments"]],
+            }
+            emit(summary, as_json, lambda: out.print(f"wrote {write_config}: `serve deploy {write_config}`"))
+            return
+        if detach:
+            if address is None:
+                raise ConfigError("needs_cluster", "--detach deploys to a running cluster: give --address")
+            from serving.service import deploy
+
+            url = deploy(cfg, address, host or cfg.serve.host, port)
+            emit({"url": url, "address": address}, as_json, lambda: out.print(f"reelvec deployed at {url}"))
+            return
+        if address is None:
+            check_port(host or cfg.serve.host, port)  # before Ray is even imported: a busy port fails in a second
+        from serving.service import run
+
+        run(cfg, address=address, host=host or cfg.serve.host, port=port)
 
 
 @app.command()

@@ -1,15 +1,20 @@
-"""ASR with the bundled Whisper tiny.en: key words from committed speech; silence gives an empty transcript."""
+"""ASR with the bundled Whisper tiny.en: key words from committed speech, the speech gate, batched transcription."""
 
 from __future__ import annotations
 
+import re
 import wave
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from embedder.asr import SAMPLE_RATE, Transcriber
 from embedder.decode import decode_file
+from embedder.factory import load_model
+from embedder.types import ConfigError
 
 
 def _read_wav(path: Path) -> np.ndarray:
@@ -19,31 +24,161 @@ def _read_wav(path: Path) -> np.ndarray:
     return pcm.astype(np.float32) / 32768.0
 
 
-def test_speech_wav_transcribes_key_words(item_embedder: Any, fixtures_dir: Path) -> None:
-    t = item_embedder.asr.transcribe(_read_wav(fixtures_dir / "speech.wav"))
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def _music(seconds: float, seed: int = 0) -> np.ndarray:
+    """Chords with harmonics, a new one every half second, plus a little noise: music-like, no voice."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    out = np.zeros_like(t)
+    for start in np.arange(0, seconds, 0.5):
+        root = 110.0 * 2 ** (rng.integers(0, 12) / 12)
+        env = np.exp(-3 * (t - start)) * ((t >= start) & (t < start + 0.5))
+        for ratio in (1.0, 1.25, 1.5):
+            for h in (1, 2, 3):
+                out += env * np.sin(2 * np.pi * root * ratio * h * t) / (h * 3)
+    return (0.25 * out + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def asr(session_cfg: Any) -> Transcriber:
+    """The bundled Whisper tiny.en through its card, without the rest of the pipeline."""
+    model = load_model(session_cfg.models.asr.card, session_cfg)
+    assert isinstance(model, Transcriber)
+    return model
+
+
+@pytest.fixture(scope="module")
+def clip_audio(clips: list[dict[str, Any]], session_cfg: Any) -> Callable[[str], np.ndarray]:
+    """16 kHz audio of a sample clip by item id, decoded once."""
+    cache: dict[str, np.ndarray] = {}
+
+    def get(item_id: str) -> np.ndarray:
+        if item_id not in cache:
+            row = next(r for r in clips if r["item_id"] == item_id)
+            audio = decode_file(row["path"], session_cfg.decode, session_cfg.limits).audio
+            assert audio is not None
+            cache[item_id] = audio
+        return cache[item_id]
+
+    return get
+
+
+@pytest.fixture
+def encoder_calls(asr: Transcriber, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts Whisper encoder passes (every transcription path runs one per 30-s window)."""
+    calls: list[int] = []
+    encode = asr.model.encode
+
+    def counting(features: Any) -> Any:
+        calls.append(1)
+        return encode(features)
+
+    monkeypatch.setattr(asr.model, "encode", counting)
+    return calls
+
+
+def test_speech_wav_transcribes_key_words(asr: Transcriber, fixtures_dir: Path) -> None:
+    t = asr.transcribe(_read_wav(fixtures_dir / "speech.wav"))
     words = t.text.lower()
     assert sum(w in words for w in ("quick", "brown", "fox", "lazy", "dog", "river")) >= 4, t.text
     assert t.language == "en" and t.segments and t.segments[0].start_s >= 0
     assert all(s.end_s >= s.start_s for s in t.segments)
+    assert t.speech is True
 
 
 @pytest.mark.parametrize("index", [0, 5, 10])
-def test_sample_clip_speech(item_embedder: Any, clips: list[dict[str, Any]], session_cfg: Any, index: int) -> None:
+def test_sample_clip_speech(asr: Transcriber, clips: list[dict[str, Any]], clip_audio: Any, index: int) -> None:
     row = clips[index]
-    media = decode_file(row["path"], session_cfg.decode, session_cfg.limits)
-    t = item_embedder.asr.transcribe(media.audio)
+    t = asr.transcribe(clip_audio(row["item_id"]))
     spoken = {w.strip(".,!?").lower() for w in row["speech"].split() if len(w) > 4}
     heard = {w.strip(".,!?").lower() for w in t.text.split()}
     assert len(spoken & heard) >= max(2, len(spoken) // 3), (row["speech"], t.text)
 
 
-def test_quiet_audio_gives_empty_transcript(item_embedder: Any, fixtures_dir: Path, session_cfg: Any) -> None:
+def test_quiet_audio_gives_empty_transcript(asr: Transcriber, fixtures_dir: Path, session_cfg: Any) -> None:
     media = decode_file(str(fixtures_dir / "quiet_audio.mp4"), session_cfg.decode, session_cfg.limits)
     assert media.audio is not None
-    t = item_embedder.asr.transcribe(media.audio)
-    assert t.text == "" and t.segments == ()
+    t = asr.transcribe(media.audio)
+    assert t.text == "" and t.segments == () and t.speech is False
 
 
-def test_no_audio_gives_empty_transcript(item_embedder: Any) -> None:
-    assert item_embedder.asr.transcribe(None).text == ""
-    assert item_embedder.asr.transcribe(np.zeros(16000, dtype=np.float32)).text == ""
+def test_no_audio_gives_empty_transcript(asr: Transcriber) -> None:
+    none = asr.transcribe(None)
+    assert none.text == "" and none.speech is None
+    zeros = asr.transcribe(np.zeros(16000, dtype=np.float32))
+    assert zeros.text == "" and zeros.speech is False
+
+
+def test_gate_skips_whisper_on_silence_and_music(
+    asr: Transcriber, encoder_calls: list[int], fixtures_dir: Path
+) -> None:
+    speech = _read_wav(fixtures_dir / "speech.wav")
+    silence = np.zeros(4 * SAMPLE_RATE, dtype=np.float32)
+    music = _music(4.0)
+    assert asr.has_speech(speech) and not asr.has_speech(silence) and not asr.has_speech(music)
+    out = asr.transcribe_batch([silence, music], mode="pack")
+    assert [t.speech for t in out] == [False, False] and all(t.text == "" for t in out)
+    assert encoder_calls == []  # Whisper never ran
+
+
+def test_min_speech_s_gates_short_speech(asr: Transcriber, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    speech = _read_wav(fixtures_dir / "speech.wav")
+    assert 1.0 < asr.speech_seconds(speech) < speech.size / SAMPLE_RATE
+    monkeypatch.setattr(asr, "cfg", asr.cfg.model_copy(update={"min_speech_s": 30.0}))
+    t = asr.transcribe(speech)
+    assert t.text == "" and t.speech is False
+
+
+@pytest.mark.parametrize("mode", ["pack", "generate"])
+def test_batched_matches_one_by_one(asr: Transcriber, clip_audio: Any, mode: str) -> None:
+    audios = [clip_audio("cooking_01"), clip_audio("cooking_03")]
+    one = [asr.transcribe(a) for a in audios]
+    batched = asr.transcribe_batch(audios, mode=mode)
+    assert [_words(t.text) for t in batched] == [_words(t.text) for t in one]
+    assert all(t.speech is True and t.language == "en" for t in batched)
+
+
+def test_pack_puts_words_back_on_their_clip(asr: Transcriber, clip_audio: Any, encoder_calls: list[int]) -> None:
+    # cooking_03 then space_04: the word alignment stretches "stove" onto space_04's start; it must stay put.
+    ids = ["cooking_01", "cooking_03", "space_04"]
+    audios = [clip_audio(i) for i in ids]
+    out = asr.transcribe_batch(audios, mode="pack")
+    assert len(encoder_calls) == 1  # three clips, one Whisper window
+    own = [{"pasta", "garlic"}, {"soup", "stove"}, {"telescope", "saturn"}]
+    for t, audio, mine in zip(out, audios, own, strict=True):
+        heard = set(_words(t.text))
+        assert mine <= heard, t.text
+        assert not any(other & heard for other in own if other is not mine), t.text
+        duration = audio.size / SAMPLE_RATE
+        assert t.segments and all(0 <= s.start_s <= s.end_s <= duration for s in t.segments), (t.segments, duration)
+
+
+def test_batch_flags_and_order(asr: Transcriber, clip_audio: Any) -> None:
+    audios = [clip_audio("soccer_02"), None, _music(3.0, seed=1), clip_audio("ocean_01")]
+    out = asr.transcribe_batch(audios, mode="pack")
+    assert [t.speech for t in out] == [True, None, False, True]
+    assert "soccer" in _words(out[0].text) and "waves" in _words(out[3].text)
+    assert out[1].text == out[2].text == ""
+
+
+def test_clip_longer_than_a_window_goes_one_by_one(
+    asr: Transcriber, clip_audio: Any, encoder_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An 8-s window keeps the test fast: the two-clip item is longer than it, the other two are not.
+    monkeypatch.setattr(asr, "window_s", 8.0)
+    long = np.concatenate([clip_audio("cooking_01"), clip_audio("soccer_01")])
+    audios = [clip_audio("ocean_01"), long, clip_audio("space_01")]
+    out = asr.transcribe_batch(audios, mode="pack")
+    assert len(encoder_calls) == 2  # the long item alone, the two short ones packed together
+    assert out[1].text == asr.transcribe(long).text
+    assert {"pasta", "goalkeeper"} <= set(_words(out[1].text))
+    assert "waves" in _words(out[0].text) and "rocket" in _words(out[2].text)
+
+
+def test_unknown_batch_mode_is_a_config_error(asr: Transcriber) -> None:
+    with pytest.raises(ConfigError) as e:
+        asr.transcribe_batch([None], mode="bogus")
+    assert e.value.reason == "invalid_batch_mode"

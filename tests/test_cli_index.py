@@ -1,4 +1,4 @@
-"""`reelvec ingest/search/recommend/delete/stats/alias` on real sample media and Qdrant Edge on a temp path."""
+"""`reelvec ingest/search/recommend/show/delete/stats/alias` on real sample media and Qdrant Edge on a temp path."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from serving.cli import app
 from tests.conftest import CLIPS, ROOT, temp_env
 
 runner = CliRunner()
+# Every committed sample clip has a captions.jsonl row.
+N_CLIPS = sum(1 for line in (CLIPS / "captions.jsonl").read_text().splitlines() if line.strip())
 
 
 def run(env: dict[str, str], *args: str) -> Any:
@@ -24,12 +26,12 @@ def run(env: dict[str, str], *args: str) -> Any:
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The 16 sample clips ingested once through the CLI (folder + captions.jsonl sidecar)."""
+    """The sample clips ingested once through the CLI (folder + captions.jsonl sidecar)."""
     env = temp_env(tmp_path_factory.mktemp("cli-index"))
     r = run(env, "ingest", str(CLIPS))
     assert r.exit_code == 0, r.stdout + r.stderr
     out = json.loads(r.stdout)
-    assert len(out["created"]) == 16 and out["count"] == 16 and not out["failed"]
+    assert len(out["created"]) == N_CLIPS and out["count"] == N_CLIPS and not out["failed"]
     return env
 
 
@@ -55,13 +57,13 @@ def test_ingest_is_idempotent(indexed: dict[str, str]) -> None:
     )
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["replaced"] == ["soccer_01"] and out["created"] == [] and out["count"] == 16
-    assert count(indexed) == 16
+    assert out["replaced"] == ["soccer_01"] and out["created"] == [] and out["count"] == N_CLIPS
+    assert count(indexed) == N_CLIPS
 
 
 def test_stats_json(indexed: dict[str, str]) -> None:
     info = json.loads(run(indexed, "stats").stdout)
-    assert info["count"] == 16 and info["alias"] == "reelvec" and info["backend"] == "edge"
+    assert info["count"] == N_CLIPS and info["alias"] == "reelvec" and info["backend"] == "edge"
     assert info["active_version"] == info["schema_version"] and info["versions"] == [info["schema_version"]]
 
 
@@ -88,7 +90,7 @@ def test_like_and_filters(indexed: dict[str, str], clips: list[dict[str, Any]]) 
     hits = json.loads(run(indexed, "search", "--like", "cooking_01", "-k", "15").stdout)
     ids = [h["item_id"] for h in hits]
     assert "cooking_01" not in ids and len(ids) == 15
-    hits = json.loads(run(indexed, "search", "--like", "cooking_01", "--creator", "creator_b", "-k", "16").stdout)
+    hits = json.loads(run(indexed, "search", "--like", "cooking_01", "--creator", "creator_b", "-k", "100").stdout)
     want = {c["item_id"] for c in clips if c["creator_id"] == "creator_b"} - {"cooking_01"}
     assert {h["item_id"] for h in hits} == want
     hits = json.loads(run(indexed, "search", "cooking", "--since", "2026-11-05", "--until", "2026-11-07").stdout)
@@ -125,7 +127,7 @@ def test_bad_queries_exit_2_and_leave_index(indexed: dict[str, str]) -> None:
         assert r.exit_code == 2, (args, r.stdout, r.stderr)
         if reason:
             assert json.loads(r.stdout)["error"] == reason, args
-    assert count(indexed) == 16  # delete with one unknown id deleted nothing
+    assert count(indexed) == N_CLIPS  # delete with one unknown id deleted nothing
 
 
 def test_delete_then_gone(tmp_path: Path) -> None:
@@ -171,3 +173,46 @@ def test_alias_switch_and_unknown_version(indexed: dict[str, str]) -> None:
     assert r.exit_code == 2 and json.loads(r.stdout)["error"] == "unknown_version"
     r = run(indexed, "alias", info["active_version"])
     assert r.exit_code == 0 and json.loads(r.stdout)["to"] == info["active_version"]
+
+
+def test_until_is_exclusive_and_since_inclusive(indexed: dict[str, str], clips: list[dict[str, Any]]) -> None:
+    when = {c["item_id"]: c["created_at"] for c in clips}
+    edge = when["cooking_04"]  # 2026-11-07T12:00:00Z, shared with ocean_04
+    at_edge = {i for i, t in when.items() if t == edge}
+    before = {h["item_id"] for h in json.loads(run(indexed, "search", "cooking", "--until", edge, "-k", "100").stdout)}
+    after = {h["item_id"] for h in json.loads(run(indexed, "search", "cooking", "--since", edge, "-k", "100").stdout)}
+    assert at_edge <= after and not at_edge & before
+    assert before | after == set(when) and not before & after
+
+
+def test_sidecar_extra_keys_are_kept_as_metadata(indexed: dict[str, str], clips: list[dict[str, Any]]) -> None:
+    hits = json.loads(run(indexed, "search", "--like", "space_01", "-k", "100").stdout)
+    rows = {c["item_id"]: c for c in clips}
+    assert len(hits) == N_CLIPS - 1
+    for h in hits:
+        row = rows[h["item_id"]]
+        assert h["metadata"]["topic"] == row["topic"] and h["metadata"]["audio"] == row["audio"]
+        assert "overlay" not in h["metadata"]  # a list is not a scalar attribute
+
+
+def test_show_prints_the_stored_item(indexed: dict[str, str], clips: list[dict[str, Any]]) -> None:
+    row = next(c for c in clips if c["item_id"] == "cooking_02")
+    r = run(indexed, "show", "cooking_02")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    payload = doc["payload"]
+    assert doc["item_id"] == "cooking_02" and doc["vectors"] is None
+    assert payload["caption"] == row["caption"] and payload["creator_id"] == row["creator_id"]
+    assert {"caption", "transcript"} <= set(payload["modalities"])
+    assert "onion" in payload["transcript"].lower()  # said: "Cut the onions and carrots…"
+    assert set(payload["models"]) >= {"minilm-l6-v2", "whisper-tiny-en"}
+    assert "clip-vit-b-32-laion2b" in payload["models_unavailable"]
+    assert payload["schema_version"] == json.loads(run(indexed, "stats").stdout)["schema_version"]
+    assert {"ocr_text", "metadata", "created_at"} <= set(payload)
+    with_vectors = json.loads(run(indexed, "show", "cooking_02", "--vectors").stdout)["vectors"]
+    assert set(with_vectors) >= {"fused", "caption"} and len(with_vectors["caption"]) == 384
+    human = runner.invoke(app, ["show", "cooking_02"], env=indexed)
+    assert human.exit_code == 0 and row["caption"] in human.stdout
+    for bad, reason in (("no_such_item", "unknown_item"), ("a/b", "bad_item_id")):
+        r = run(indexed, "show", bad)
+        assert r.exit_code == 2 and json.loads(r.stdout)["error"] == reason

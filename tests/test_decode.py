@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedder.config import DecodeConfig, LimitsConfig
+from embedder.config import DecodeConfig, LimitsConfig, OcrConfig
 from embedder.decode import Decoder, decode_file, probe_file, sample_indices
 from embedder.types import MediaError
 
@@ -150,3 +150,38 @@ def test_probe_reports_stream_facts(clips: list[dict[str, Any]], fixtures_dir: P
     p = probe_file(clips[0]["path"])
     assert p.has_audio and p.fps > 0 and p.width > 0 and 2.0 <= p.duration_s <= 6.0
     assert not probe_file(str(fixtures_dir / "silent.mp4")).has_audio
+
+
+def test_ocr_frames_come_from_the_same_decode(fixtures_dir: Path, clips: list[dict[str, Any]]) -> None:
+    ocr = OcrConfig(num_frames=4, short_side=360)
+    with Decoder(DecodeConfig(), LimitsConfig(), ocr=ocr) as d:
+        big = d.decode(str(fixtures_dir / "big_frame.mp4"))  # 1920x1080
+        small = d.decode(clips[0]["path"])  # 320x240: never upscaled
+    assert big.ocr_frames is not None and big.ocr_frames.shape == (4, 360, 640, 3) and big.ocr_frames.dtype == np.uint8
+    assert min(big.frames.shape[1:3]) == 224  # the CLIP frames keep their own size
+    for m in (big, small):
+        ts = m.ocr_timestamps_s
+        assert len(ts) == 4 and ts == sorted(set(ts)) and ts[0] >= 0 and ts[-1] <= m.probe.duration_s
+    assert small.ocr_frames is not None and small.ocr_frames.shape[1:] == (240, 320, 3)
+    # Spread over the clip: the first and last OCR frames are in its first and last quarters.
+    assert small.ocr_timestamps_s[0] < small.probe.duration_s / 4
+    assert small.ocr_timestamps_s[-1] > small.probe.duration_s * 3 / 4
+
+
+def test_ocr_frames_decord_and_pyav_agree(clips: list[dict[str, Any]]) -> None:
+    ocr = OcrConfig(num_frames=4, short_side=180)
+    a = decode_file(clips[1]["path"], DecodeConfig(), LimitsConfig(), ocr)
+    b = decode_file(clips[1]["path"], DecodeConfig(backend="pyav"), LimitsConfig(), ocr)
+    assert (a.decoder, b.decoder) == ("decord", "pyav")
+    assert a.ocr_frames is not None and b.ocr_frames is not None and a.ocr_frames.shape == b.ocr_frames.shape
+    assert a.ocr_frames.shape[1:] == (180, 240, 3)
+    assert np.allclose(a.ocr_timestamps_s, b.ocr_timestamps_s, atol=0.02)
+    assert np.abs(a.ocr_frames.astype(int) - b.ocr_frames.astype(int)).mean() < 8
+    # PyAV converts each frame at both sizes: its CLIP frames are exactly those of a decode without OCR.
+    plain = decode_file(clips[1]["path"], DecodeConfig(backend="pyav"), LimitsConfig())
+    assert np.array_equal(plain.frames, b.frames) and plain.timestamps_s == b.timestamps_s
+
+
+def test_no_ocr_frames_unless_asked(decoder: Decoder, clips: list[dict[str, Any]]) -> None:
+    m = decoder.decode(clips[0]["path"])
+    assert m.ocr_frames is None and m.ocr_timestamps_s == []

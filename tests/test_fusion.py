@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from embedder.fusion import effective_weights, fuse, l2_normalize
 from embedder.types import MODALITIES
 
-DIMS = {"visual": 8, "caption": 6, "transcript": 6}
-WEIGHTS = {"visual": 0.4, "caption": 0.35, "transcript": 0.25}
+DIMS = {"visual": 8, "caption": 6, "transcript": 6, "ocr": 5}
+WEIGHTS = {"visual": 0.4, "caption": 0.3, "transcript": 0.2, "ocr": 0.1}
 
 
 def _vecs(rng: np.random.Generator, present: list[str]) -> dict[str, np.ndarray]:
@@ -28,7 +28,7 @@ def test_fused_is_unit_and_blocks_in_order() -> None:
     rng = np.random.default_rng(0)
     v = _vecs(rng, list(MODALITIES))
     f = fuse(v, WEIGHTS, DIMS)
-    assert f.shape == (20,)
+    assert f.shape == (25,)
     assert math.isclose(float(np.linalg.norm(f)), 1.0, rel_tol=1e-5)
     assert np.allclose(f[:8], math.sqrt(0.4) * l2_normalize(v["visual"]), atol=1e-6)
 
@@ -58,14 +58,14 @@ def test_missing_modality_contributes_zero_and_shared_are_weighted() -> None:
     fa, fb = fuse(a, WEIGHTS, DIMS), fuse(b, WEIGHTS, DIMS)
     assert np.all(fb[:8] == 0) and np.all(fb[14:] == 0)
     assert math.isclose(float(np.linalg.norm(fb)), 1.0, rel_tol=1e-5)
-    # shared modality weighted sqrt(w_a * w_b): caption weight 0.35 for a, 1.0 for b
-    assert math.isclose(float(np.dot(fa, fb)), math.sqrt(0.35 * 1.0), abs_tol=1e-5)
+    # shared modality weighted sqrt(w_a * w_b): caption weight 0.3 / 0.9 for a (ocr absent), 1.0 for b
+    assert math.isclose(float(np.dot(fa, fb)), math.sqrt(0.3 / 0.9 * 1.0), abs_tol=1e-5)
 
 
 def test_zero_weight_modality_is_ignored() -> None:
     rng = np.random.default_rng(2)
     v = _vecs(rng, list(MODALITIES))
-    f = fuse(v, {"visual": 0.0, "caption": 1.0, "transcript": 1.0}, DIMS)
+    f = fuse(v, {"visual": 0.0, "caption": 1.0, "transcript": 1.0, "ocr": 1.0}, DIMS)
     assert np.all(f[:8] == 0)
 
 

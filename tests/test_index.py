@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -25,10 +26,10 @@ from embedder.config import FusionConfig, IndexConfig
 from embedder.fusion import fuse
 from embedder.types import FUSED, MODALITIES, ConfigError, ItemEmbedding, StoreError, Transcript
 from index import SearchFilter, VectorIndex, active_version, list_versions, open_index, set_active_version
-from index.base import RRF_K, point_id
+from index.base import CREATE_TOKEN, RRF_K, point_id
 
 ROOT = Path(__file__).resolve().parent.parent
-DIMS = {"visual": 24, "caption": 16, "transcript": 16, "fused": 56}
+DIMS = {"visual": 24, "caption": 16, "transcript": 16, "ocr": 8, "fused": 64}
 WEIGHTS = FusionConfig().weights
 TOPICS = 4
 PER_TOPIC = 10
@@ -235,6 +236,7 @@ def test_payload_shape(backend: Backend) -> None:
     assert p["created_at"] == "2024-05-06T07:08:09Z"
     assert p["created_at_ts"] == naive.replace(tzinfo=UTC).timestamp()
     assert p["models"] == {"minilm-l6-v2": "1"} and p["schema_version"] == "v1" and p["metadata"] == {"topic": 0}
+    assert p["schema_seq"] == 1 and p["duplicate_of"] is None and p["semantic_id"] is None
     hit = index.search(item.vectors[FUSED], k=1)[0]
     assert hit.item_id == "p-1" and hit.score == pytest.approx(1.0, abs=1e-4)
     js = hit.to_json()
@@ -318,6 +320,168 @@ def test_recommend_prefers_positive_topic_and_never_returns_examples(idx: Vector
     assert first_topic1 >= len(ids) - PER_TOPIC - 1 and last_topic1 == len(ids) - 1
     filtered = idx.recommend(["t2-0"], [], k=5, flt=SearchFilter(language="en"))
     assert filtered and all(h.payload["language"] == "en" and h.item_id != "t2-0" for h in filtered)
+
+
+# ---- late fusion -----------------------------------------------------------------------------------
+
+
+def _at_cosine(c: float, j: int, dim: int) -> np.ndarray:
+    """A unit vector at cosine `c` to e0, its remainder on its own axis e_j (so every item is distinct)."""
+    v = np.zeros(dim, dtype=np.float32)
+    v[0], v[j] = c, np.sqrt(1 - c * c)
+    return v
+
+
+# X is a visual outlier but middling on caption; Y is near the top of both. Rank fusion sees two ranks and
+# prefers Y; score fusion sees X's visual score 3+ std above the rest and prefers X.
+FUSION_SHAPES = {
+    "X": (0.95, 0.50),
+    "Y": (0.32, 0.60),
+    **{f"F{i}": (0.30 - 0.01 * i, 0.58 - 0.02 * i) for i in range(1, 9)},
+}
+
+
+def _dbsf(lists: list[list[tuple[str, float]]]) -> dict[str, float]:
+    """Qdrant's DBSF: per list (mean - 3 sd, mean + 3 sd) with the sample sd maps to (0, 1); sums per id."""
+    out: dict[str, float] = {}
+    for hits in lists:
+        scores = np.array([sc for _, sc in hits])
+        low, sd = scores.mean() - 3 * scores.std(ddof=1), scores.std(ddof=1)
+        for item_id, sc in hits:
+            out[item_id] = out.get(item_id, 0.0) + (sc - low) / (6 * sd)
+    return out
+
+
+def test_late_fusion_rrf_and_dbsf_match_hand_computation(backend: Backend) -> None:
+    rng = np.random.default_rng(11)
+    items = []
+    for j, (item_id, (cv, cc)) in enumerate(FUSION_SHAPES.items(), start=1):
+        vecs = {"visual": _at_cosine(cv, j, DIMS["visual"]), "caption": _at_cosine(cc, j, DIMS["caption"])}
+        base = make_item(item_id, 0, rng, modalities=("visual", "caption"))
+        items.append(replace(base, vectors={**vecs, FUSED: fuse(vecs, WEIGHTS, DIMS)}))
+    index = backend.open()
+    assert index.upsert(items).failed == []
+    queries = {n: np.eye(DIMS[n], dtype=np.float32)[0] for n in ("visual", "caption")}
+    lists = [[(h.item_id, h.score) for h in index.search(q, using=n, k=50)] for n, q in queries.items()]
+    assert [len(x) for x in lists] == [len(items)] * 2  # the prefetch limit (50) sees every item
+
+    rrf = index.search_multi(queries, k=4, method="rrf")
+    want_rrf: dict[str, float] = {}
+    for hits in lists:
+        for rank, (item_id, _) in enumerate(hits):
+            want_rrf[item_id] = want_rrf.get(item_id, 0.0) + 1.0 / (RRF_K + rank)
+    assert [h.item_id for h in rrf] == sorted(want_rrf, key=want_rrf.__getitem__, reverse=True)[:4]
+    assert all(h.score == pytest.approx(want_rrf[h.item_id], rel=1e-4) for h in rrf)
+
+    dbsf = index.search_multi(queries, k=4, method="dbsf")
+    want_dbsf = _dbsf(lists)
+    assert [h.item_id for h in dbsf] == sorted(want_dbsf, key=want_dbsf.__getitem__, reverse=True)[:4]
+    assert all(h.score == pytest.approx(want_dbsf[h.item_id], rel=1e-3) for h in dbsf)
+    assert (rrf[0].item_id, dbsf[0].item_id) == ("Y", "X")  # the two methods disagree, as designed
+    assert reason_of(lambda: index.search_multi(queries, method="max")) == "bad_query"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["rrf", "dbsf"])
+def test_search_like_and_recommend_with_late_fusion(idx: VectorIndex, method: str) -> None:
+    me = "t2-3"
+    stored = idx.get(me)
+    like = idx.search_like(me, k=6, fusion=method)  # type: ignore[arg-type]
+    assert me not in [h.item_id for h in like] and {topic_of(h.item_id) for h in like} == {2}
+    # The same as fusing the stored per-modality vectors by hand, minus the item itself.
+    by_hand = idx.search_multi(
+        {m: stored.vectors[m] for m in MODALITIES},
+        k=6,
+        flt=SearchFilter(exclude_ids=[me]),
+        method=method,  # type: ignore[arg-type]
+    )
+    assert [h.item_id for h in like] == [h.item_id for h in by_hand]
+    assert [h.score for h in like] == pytest.approx([h.score for h in by_hand], rel=1e-5)
+
+    recs = idx.recommend(["t1-0", "t1-1"], ["t3-0"], k=8, fusion=method)  # type: ignore[arg-type]
+    ids = [h.item_id for h in recs]
+    assert {topic_of(i) for i in ids} == {1} and not {"t1-0", "t1-1", "t3-0"} & set(ids)
+    # An example without `visual` limits the fusion to the modalities every example has.
+    idx.upsert([make_item("t1-novis", 1, np.random.default_rng(12), modalities=("caption", "transcript"))])
+    partial = idx.recommend(["t1-novis", "t1-2"], k=5, fusion=method)  # type: ignore[arg-type]
+    assert partial and {topic_of(h.item_id) for h in partial} == {1}
+    assert reason_of(lambda: idx.search_like(me, fusion="sum")) == "bad_query"  # type: ignore[arg-type]
+
+
+# ---- conditional create -----------------------------------------------------------------------------
+
+
+def test_upsert_checked_says_created_then_replaced(backend: Backend) -> None:
+    index = backend.open()
+    rng = np.random.default_rng(13)
+    first = index.upsert_checked([make_item("a", 0, rng), make_item("b", 1, rng)])
+    assert (sorted(first.created), first.replaced, sorted(first.written)) == (["a", "b"], [], ["a", "b"])
+    again = index.upsert_checked([make_item("a", 2, rng, creator="zed"), make_item("c", 3, rng)])
+    assert (again.created, again.replaced) == (["c"], ["a"])
+    assert index.get("a").payload["creator_id"] == "zed"  # replaced means replaced
+    assert CREATE_TOKEN not in index.get("a").payload
+    assert all(CREATE_TOKEN not in h.payload for h in index.search(centroid(0), k=3))
+    index.upsert([make_item("d", 0, rng)])  # written by a plain upsert (no token): still "replaced"
+    assert index.upsert_checked([make_item("d", 0, rng)]).replaced == ["d"]
+    assert index.count() == 4
+
+
+def test_racing_writers_create_each_id_exactly_once(backend: Backend) -> None:
+    """Writers on separate handles (one shared client on the server backend, as replicas share a server;
+    one handle on Edge, which is one process per path) race to create the same ids."""
+    writers, ids = 4, [f"race-{i}" for i in range(12)]
+    handles = [backend.open() for _ in range(writers)] if backend.name == "qdrant" else [backend.open()] * writers
+    barrier = threading.Barrier(writers)
+    reports: list[Any] = [None] * writers
+
+    def write(w: int) -> None:
+        rng = np.random.default_rng(100 + w)
+        items = [make_item(i, w % TOPICS, rng, creator=f"writer-{w}") for i in ids]
+        rng.shuffle(items)  # type: ignore[arg-type]
+        barrier.wait()
+        reports[w] = [handles[w].upsert_checked(items[j : j + 4]) for j in range(0, len(items), 4)]
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: widens any check-then-write window
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    created = [i for rs in reports for r in rs for i in r.created]
+    replaced = [i for rs in reports for r in rs for i in r.replaced]
+    assert sorted(created) == sorted(ids)  # each id exactly once
+    assert sorted(replaced) == sorted(ids * (writers - 1))
+    assert handles[0].count() == len(ids)
+    assert {handles[0].get(i).payload["creator_id"] for i in ids} <= {f"writer-{w}" for w in range(writers)}
+
+
+# ---- quantization and on-disk vectors ---------------------------------------------------------------
+
+
+def test_int8_quantization_and_on_disk_are_reported_and_search_stays_right(
+    backend: Backend, corpus: list[ItemEmbedding]
+) -> None:
+    plain = backend.open(version="plain").vector_storage()
+    # Every collection also has the two MaxSim multivectors (fingerprint bits, per-frame visual), never quantized.
+    assert {n: (s.size, s.quantization, s.on_disk) for n, s in plain.items()} == {
+        n: (d, None, None) for n, d in {**DIMS, "fingerprint": 192, "frames": DIMS["visual"]}.items()
+    }
+    backend.cfg = backend.cfg.model_copy(update={"quantization": "int8", "on_disk_vectors": True})
+    index = backend.open(version="int8")
+    storage = index.vector_storage()
+    assert {n for n, s in storage.items() if s.quantization == "int8"} == {FUSED, "visual"}
+    assert storage[FUSED].always_ram is True and storage["caption"].always_ram is None
+    assert all(s.on_disk is True for s in storage.values())
+    assert index.upsert(corpus).failed == []
+    index.optimize()
+    for topic in range(TOPICS):
+        assert [topic_of(h.item_id) for h in index.search(centroid(topic), k=PER_TOPIC)] == [topic] * PER_TOPIC
+    me = corpus[5]
+    top = index.search(me.vectors[FUSED], k=1)[0]
+    assert top.item_id == me.item_id and top.score == pytest.approx(1.0, abs=1e-3)  # rescored: exact cosine
 
 
 def test_missing_modality_is_stored_and_searchable_on_fused(idx: VectorIndex) -> None:
@@ -404,7 +568,7 @@ def test_no_alias_and_no_create_is_unknown_version(backend: Backend) -> None:
 def test_reopen_with_other_dims_is_schema_mismatch(backend: Backend) -> None:
     backend.open(version="v1").close()
     assert reason_of(lambda: backend.open(version="v1", dims={**DIMS, "visual": 32})) == "schema_mismatch"
-    assert reason_of(lambda: backend.open(version="v1", dims={"fused": 56})) == "schema_mismatch"
+    assert reason_of(lambda: backend.open(version="v1", dims={"fused": DIMS[FUSED]})) == "schema_mismatch"
     assert backend.open(version="v1").count() == 0  # still usable
 
 
@@ -446,7 +610,8 @@ def test_edge_second_open_is_locked_in_other_process_and_this_one(tmp_path: Path
         assert out.returncode == 0, out.stderr
         reason, detail = out.stdout.strip().split(" | ")
         assert reason == "locked"
-        assert f"pid {os.getpid()}" in detail and "index.backend: qdrant" in detail
+        assert "another process" in detail and "index.backend: qdrant" in detail
+        assert str(os.getpid()) not in detail and str(cfg.path) not in detail  # no pids or paths in details
         assert reason_of(lambda: open_index(cfg, DIMS, "v1")) == "locked"
         # The refused opens did not damage the live handle.
         index.upsert([make_item("t0-1", 0, np.random.default_rng(7))])
@@ -592,3 +757,55 @@ def test_recommend_strategy_from_config(backend: Backend, strategy: str) -> None
     hits = [h.item_id for h in index.recommend(["like-a", "like-b"], k=3, using="visual")]
     assert hits[0] == ("between" if strategy == "sum_scores" else "near-a-only"), hits
     assert hits[-1] == "unrelated" and not {"like-a", "like-b"} & set(hits)
+
+
+def test_edge_searches_answer_while_optimize_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The optimizer runs in a child process on a copy, so this process keeps answering (in-process it holds
+    the GIL: a Python thread got 0 ticks during an 8 s optimize)."""
+    import time
+
+    rng = np.random.default_rng(14)
+    caplog.set_level("INFO", logger="index.edge")
+    with open_index(_edge(tmp_path), DIMS, "v1") as index:
+        index.upsert([make_item(f"t{t}-{j}", t, rng) for t in range(TOPICS) for j in range(300)])
+        # Deleting a third makes the engine's vacuum optimizer rebuild the segment, so the copy is swapped in.
+        assert index.delete([f"t{t}-{j}" for t in range(TOPICS) for j in range(100, 200)]) == 400
+        done = threading.Event()
+        spans: list[tuple[float, float]] = []
+
+        def optimize() -> None:
+            try:
+                index.optimize()
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=optimize)
+        t_start = time.perf_counter()
+        worker.start()
+        while not done.is_set():
+            t0 = time.perf_counter()
+            hits = index.search(centroid(len(spans) % TOPICS), k=5)
+            spans.append((t0, time.perf_counter()))
+            assert {topic_of(h.item_id) for h in hits} == {(len(spans) - 1) % TOPICS}
+            time.sleep(0.005)
+        worker.join()
+        t_end = time.perf_counter()
+        inside = [(a, b) for a, b in spans if t_start <= a and b <= t_end]
+        assert len(inside) >= 5, (len(inside), t_end - t_start)
+        assert max(b - a for a, b in inside) < 0.5
+        assert any("changed=True" in r.getMessage() for r in caplog.records)  # the optimized copy was swapped in
+        assert index.count() == 800 and index.upsert([make_item("after", 0, rng)]).written == ["after"]
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == ["reelvec.alias.json", "reelvec__v1"]
+    with open_index(_edge(tmp_path), DIMS, "v1", create=False) as again:
+        assert again.count() == 801 and again.search(centroid(2), k=1)[0].item_id.startswith("t2-")
+
+
+def test_edge_open_restores_a_shard_left_aside_by_an_interrupted_swap(tmp_path: Path) -> None:
+    from index.edge import PRE_OPTIMIZE_SUFFIX
+
+    with open_index(_edge(tmp_path), DIMS, "v1") as index:
+        index.upsert([make_item("kept", 0, np.random.default_rng(15))])
+    live = tmp_path / "index" / "reelvec__v1"
+    live.rename(live.with_name(f".reelvec__v1{PRE_OPTIMIZE_SUFFIX}"))  # a crash between the two renames
+    with open_index(_edge(tmp_path), DIMS, "v1", create=False) as index:
+        assert index.existing(["kept"]) == {"kept"}

@@ -32,11 +32,12 @@ def test_embed_real_clip(item_embedder: ItemEmbedder, clips: list[dict[str, Any]
     assert e.vectors[FUSED].shape == (spec.dims[FUSED],)
     assert math.isclose(float(np.linalg.norm(e.vectors[FUSED])), 1.0, rel_tol=1e-5)
     assert e.transcript.text and e.schema_version == spec.schema_version
-    assert set(e.models) == {"minilm-l6-v2", "whisper-tiny-en"}
+    assert set(e.models) == {"minilm-l6-v2", "whisper-tiny-en", "rapidocr-ppocrv4"}
+    assert e.models_unavailable == ["clip-vit-b-32-laion2b"]
     assert {"decode_ms", "asr_ms", "text_ms", "fuse_ms"} <= set(e.timings_ms)
     assert len(e.frame_timestamps_s) == 8 and e.decoder == "decord"
     js = e.to_json()
-    assert {"transcript", "vectors", "models", "timings_ms"} <= set(js) and len(js["vectors"]["fused"]) == 1280
+    assert {"transcript", "vectors", "models", "timings_ms"} <= set(js) and len(js["vectors"]["fused"]) == 512 + 3 * 384
 
 
 def test_batch_equals_one_by_one(item_embedder: ItemEmbedder, clips: list[dict[str, Any]]) -> None:
@@ -101,6 +102,6 @@ def test_query_matches_its_topic(item_embedder: ItemEmbedder, clips: list[dict[s
 def test_schema_version_tracks_weights_and_cards(session_cfg: Any) -> None:
     base = embedding_spec(session_cfg).schema_version
     other = session_cfg.model_copy(deep=True)
-    other.fusion.weights = {"visual": 0.2, "caption": 0.4, "transcript": 0.4}
+    other.fusion.weights = {"visual": 0.2, "caption": 0.4, "transcript": 0.4, "ocr": 0.1}
     assert embedding_spec(other).schema_version != base
     assert embedding_spec(session_cfg).schema_version == base

@@ -59,11 +59,16 @@ class ClipEncoder:
         x = x[:, :, top : top + th, left : left + tw].to(self.dtype)
         return (x - self.mean) / self.std
 
-    @torch.inference_mode()
     def encode_frames(self, clips: list[np.ndarray]) -> np.ndarray:
         """One L2-normalized visual vector per clip; frames of all clips are batched together."""
+        return self.encode_clips(clips)[0]
+
+    @torch.inference_mode()
+    def encode_clips(self, clips: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Per clip: the pooled visual vector (mean of L2-normalized frame features, renormalized) and the
+        per-frame vectors (kept for moment search); frames of all clips are batched together."""
         if not clips:
-            return np.zeros((0, self.dims), dtype=np.float32)
+            return np.zeros((0, self.dims), dtype=np.float32), []
         counts = [len(c) for c in clips]
         # Clips differ in frame size, so each is preprocessed to S×S before frames are batched across clips.
         pixels = torch.cat([self._preprocess(c) for c in clips])
@@ -71,9 +76,10 @@ class ClipEncoder:
         for s in range(0, len(pixels), self.cfg.batch_size):
             f = self.model.encode_image(pixels[s : s + self.cfg.batch_size])
             feats.append(F.normalize(f.float(), dim=-1))
-        per_frame = torch.cat(feats)
-        pooled = torch.stack([chunk.mean(0) for chunk in torch.split(per_frame, counts)])
-        return F.normalize(pooled, dim=-1).cpu().numpy().astype(np.float32)
+        per_frame = torch.split(torch.cat(feats), counts)
+        pooled = torch.stack([chunk.mean(0) for chunk in per_frame])
+        frames = [chunk.cpu().numpy().astype(np.float32) for chunk in per_frame]
+        return F.normalize(pooled, dim=-1).cpu().numpy().astype(np.float32), frames
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> np.ndarray:

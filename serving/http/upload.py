@@ -6,18 +6,19 @@ so a client cannot make the server read its own files or fetch anything.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from pydantic import ValidationError
+from pydantic import SecretStr
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from embedder.config import LimitsConfig, describe_errors
+from embedder.config import LimitsConfig
 from embedder.types import MediaError
-from serving.schemas import ApiError, ItemMetadata
+from serving.http.errors import ApiError
 
 API_KEY_HEADER = "X-API-Key"
 # File types a browser or client may declare for a clip; anything else is a 415 before decoding.
@@ -26,15 +27,21 @@ _VIDEO_TYPES = ("video/", "application/octet-stream", "application/mp4")
 _FORM_OVERHEAD_BYTES = 64 * 1024
 
 
-def check_api_key(request: Request, expected: str | None) -> None:
-    """401 without a key, 403 with a wrong one; a no-op when `serve.api_key` is not configured."""
-    if not expected:
-        return
+def check_api_key(request: Request, expected: SecretStr | None, required: bool = True) -> bool:
+    """Whether the request counts as keyed: 401 without a key when `required`, 403 with a wrong one always.
+
+    Without a configured `serve.api_key` every request is keyed (the operator chose no auth); a missing key
+    on an open read is anonymous, which only the small anonymous admission pool serves."""
+    if expected is None or not expected.get_secret_value():
+        return True
     given = request.headers.get(API_KEY_HEADER)
     if not given:
-        raise ApiError("unauthorized", f"missing {API_KEY_HEADER} header", 401)
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+        if required:
+            raise ApiError("unauthorized", f"missing {API_KEY_HEADER} header", 401)
+        return False
+    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
         raise ApiError("forbidden", f"wrong {API_KEY_HEADER}", 403)
+    return True
 
 
 def body_cap(limits: LimitsConfig) -> int:
@@ -42,13 +49,23 @@ def body_cap(limits: LimitsConfig) -> int:
     return limits.max_bytes + _FORM_OVERHEAD_BYTES + 4 * limits.max_caption_chars
 
 
-async def _capped(request: Request, cap: int) -> AsyncIterator[bytes]:
-    """The request body, refused with 413 as soon as it passes `cap` (the rest is never read)."""
+async def _capped(request: Request, cap: int, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """The request body, refused with 413 as soon as it passes `cap` (the rest is never read) and with 408 when
+    the client sends nothing for `idle_timeout_s` (a slow or lying client never holds a slot for long)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise MediaError("too_large", f"request body of {declared} bytes > {cap} (limits.max_bytes + form)")
     seen = 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), idle_timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(
+                "body_timeout", f"no request body data for serve.body_timeout_s={idle_timeout_s} s", 408
+            ) from None
         seen += len(chunk)
         if seen > cap:
             raise MediaError("too_large", f"request body over {cap} bytes (limits.max_bytes + form)")
@@ -64,14 +81,21 @@ class UploadForm:
     fields: dict[str, str]
 
 
-async def read_form(request: Request, limits: LimitsConfig, file_required: bool = True) -> UploadForm:
+async def read_small_body(request: Request, cap: int, idle_timeout_s: float) -> bytes:
+    """A small (JSON) body under the same size and time guards as uploads."""
+    return b"".join([chunk async for chunk in _capped(request, cap, idle_timeout_s)])
+
+
+async def read_form(
+    request: Request, limits: LimitsConfig, idle_timeout_s: float, file_required: bool = True
+) -> UploadForm:
     """Stream and parse a multipart form with at most one file; 415 unless multipart, 413 over the cap."""
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         raise ApiError("unsupported_media_type", f"expected multipart/form-data, got {ctype or 'nothing'}", 415)
     parser = MultiPartParser(
         request.headers,
-        _capped(request, body_cap(limits)),
+        _capped(request, body_cap(limits), idle_timeout_s),
         max_files=1,
         max_fields=16,
         max_part_size=_FORM_OVERHEAD_BYTES + 4 * limits.max_caption_chars,
@@ -79,7 +103,7 @@ async def read_form(request: Request, limits: LimitsConfig, file_required: bool 
     try:
         form = await parser.parse()
     except MultiPartException as e:
-        raise ApiError("bad_form", f"malformed multipart body: {e}", 422) from e
+        raise ApiError("bad_form", f"malformed multipart body: {e.message}", 422) from e
     try:
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
         upload = form.get("file")
@@ -97,15 +121,3 @@ async def read_form(request: Request, limits: LimitsConfig, file_required: bool 
     if len(media) > limits.max_bytes:
         raise MediaError("too_large", f"{len(media)} bytes > limits.max_bytes={limits.max_bytes}")
     return UploadForm(media, upload.filename, fields)
-
-
-def parse_metadata(raw: str | None) -> ItemMetadata:
-    """The `metadata` JSON field; malformed JSON or unknown keys are a 422 `bad_metadata`."""
-    if raw is None or not raw.strip():
-        return ItemMetadata()
-    try:
-        return ItemMetadata.model_validate_json(raw)
-    except ValidationError as e:
-        raise ApiError(
-            "bad_metadata", f"metadata is not valid JSON of the expected shape: {describe_errors(e.errors())}"
-        ) from e

@@ -1,0 +1,101 @@
+"""What a backfill run did: counts, failures by stage/reason, throughput, per-stage time, version and alias."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class BackfillReport:
+    """What a run did: counts, failures by stage/reason, throughput, per-stage time, version and alias."""
+
+    manifest: str
+    version: str
+    schema_version: str
+    total: int
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # "stage/reason" -> count
+    max_failures: int = 0
+    ledger: str = ""
+    wall_s: float = 0.0
+    optimize_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)  # summed per-item seconds (stages overlap)
+    index_count: int | None = None
+    alias_version: str | None = None
+    swapped: bool = False
+    unavailable_models: list[str] = field(default_factory=list)
+
+    @property
+    def items_per_s(self) -> float:
+        """Items embedded and written per second of wall time (skipped rows excluded)."""
+        return self.written / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed > self.max_failures else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "manifest": self.manifest,
+            "version": self.version,
+            "schema_version": self.schema_version,
+            "total": self.total,
+            "written": self.written,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "failures": self.failures,
+            "max_failures": self.max_failures,
+            "ledger": self.ledger,
+            "wall_s": round(self.wall_s, 3),
+            "items_per_s": round(self.items_per_s, 3),
+            "optimize_s": round(self.optimize_s, 3),
+            "stage_s": {k: round(v, 3) for k, v in self.stage_s.items()},
+            "index_count": self.index_count,
+            "alias_version": self.alias_version,
+            "swapped": self.swapped,
+            "unavailable_models": self.unavailable_models,
+            "exit_code": self.exit_code,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BackfillReport:
+        """A report back from `to_json` (e.g. the last line of a submitted Ray Job's logs)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def render(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        ok = self.exit_code == 0
+        head = Text(
+            f"backfill {'done' if ok else 'FAILED'}: {self.written} written, {self.skipped} skipped (already "
+            f"indexed), {self.failed} failed of {self.total} rows in {self.wall_s:.1f} s "
+            f"({self.items_per_s:.2f} items/s)",
+            style="bold green" if ok else "bold red",
+        )
+        info = Table.grid(padding=(0, 2))
+        info.add_row("version", f"{self.version} (schema {self.schema_version})")
+        alias = f"{self.alias_version}" + (" (swapped by this run)" if self.swapped else "")
+        info.add_row("alias", alias)
+        info.add_row("index count", str(self.index_count))
+        if self.failed:
+            info.add_row("ledger", f"{self.ledger} (max failures {self.max_failures})")
+        if self.unavailable_models:
+            info.add_row("modality off", ", ".join(self.unavailable_models))
+        stages = Table("stage", "total s", "ms/item", title="per-stage time (summed over items; stages overlap)")
+        n = max(self.written, 1)
+        for k, v in self.stage_s.items():
+            stages.add_row(k.removesuffix("_ms"), f"{v:.2f}", f"{v * 1000 / n:.1f}")
+        stages.add_row("optimize", f"{self.optimize_s:.2f}", "-")
+        parts: list[Any] = [head, info, stages]
+        if self.failures:
+            ft = Table("stage/reason", "count", title="failures")
+            for k, v in sorted(self.failures.items(), key=lambda kv: -kv[1]):
+                ft.add_row(k, str(v))
+            parts.append(ft)
+        return Group(*parts)

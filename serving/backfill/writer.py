@@ -1,0 +1,174 @@
+"""The backfill's single index owner: a named Ray actor that opens the target version and serializes writes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from embedder.config import ReelvecConfig
+from embedder.pipeline import EmbeddingSpec
+from embedder.types import ItemEmbedding, ReelvecError, StoreError
+
+log = logging.getLogger(__name__)
+
+WRITER_NAMESPACE = "reelvec"
+
+
+def call(ref: Any) -> Any:
+    """`ray.get` that re-raises a reelvec error from the remote side as itself (not wrapped in RayTaskError)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, ReelvecError):
+            raise e.cause from None
+        raise
+
+
+def writer_name(cfg: ReelvecConfig) -> str:
+    """Name of the writer actor for an index: one backfill per index per cluster."""
+    ix = cfg.index
+    where = ix.url if ix.backend == "qdrant" else str(Path(ix.path).absolute())
+    return "backfill-writer-" + hashlib.sha256(f"{ix.backend}|{where}|{ix.collection}".encode()).hexdigest()[:12]
+
+
+class BackfillWriter:
+    """The only opener of the index during a backfill (Qdrant Edge allows one process per version); serial calls."""
+
+    def __init__(
+        self,
+        cfg: ReelvecConfig,
+        dims: dict[str, int],
+        schema_version: str,
+        version: str | None,
+        available: list[str] | None = None,
+    ) -> None:
+        from index import open_index
+
+        self.cfg = cfg
+        self.schema_version = schema_version
+        self.available = available or []  # card ids loadable now: a stored item embedded without one is redone
+        self.claimed: set[str] = set()
+        # Kept and raised by `version()`: an error raised here would reach the driver as an opaque ActorDiedError.
+        self.error: ReelvecError | None = None
+        deadline = time.monotonic() + cfg.index.timeout_s
+        while True:
+            try:
+                self.index = open_index(cfg.index, dims, schema_version, version=version)
+                break
+            except StoreError as e:
+                # A killed run's writer may still be exiting and holding the lock; wait for it briefly.
+                if e.reason != "locked" or time.monotonic() > deadline:
+                    self.error = e
+                    return
+                time.sleep(0.5)
+            except ReelvecError as e:
+                self.error = e
+                return
+        # A version named after this schema only ever holds this schema's vectors; any other (a custom
+        # --target-version, or an alias left on an older schema) may hold stale ones, so resume checks payloads.
+        self.check_schema = self.index.version != schema_version
+
+    def version(self) -> str:
+        """The version this writer holds open (raises the open error, if opening failed)."""
+        if self.error is not None:
+            raise self.error
+        return str(self.index.version)
+
+    def admit(self, ids: list[str], force: bool) -> tuple[list[str], list[str]]:
+        """Claim ids for this run: (ids an earlier row of this run already claimed — duplicates, ids already
+        stored in this version with this schema and every model available now — skipped unless `force`)."""
+        duplicates = [i for i in ids if i in self.claimed]
+        fresh = list(dict.fromkeys(i for i in ids if i not in self.claimed))
+        self.claimed.update(fresh)
+        if force or not fresh:
+            return duplicates, []
+        done = self.index.existing(fresh, self.schema_version if self.check_schema else None)
+        return duplicates, sorted(self._complete(done))
+
+    def _complete(self, done: set[str]) -> set[str]:
+        """The stored ids whose payload records every model available now (others are redone with them)."""
+        if not done or not self.available:
+            return done
+        need = set(self.available)
+        # One payload read per already-stored id, only on resume; VectorIndex.existing has no model filter.
+        return {i for i in done if need <= set(self.index.get(i).payload.get("models") or {})}
+
+    def upsert(self, items: list[ItemEmbedding]) -> list[tuple[str, str, str]]:
+        """Write one batch (flushed by the index); returns (item_id, reason, detail) for items it refused."""
+        if not hasattr(self, "semantic"):
+            from serving.semantic import load_model
+
+            self.semantic = load_model(self.cfg, self.index.collection, self.schema_version)
+        report = self.index.ingest(items, self.cfg.dedup, self.semantic)
+        return [(f.item_id, f.reason, f.detail) for f in report.failed + report.refused]
+
+    def count(self) -> int:
+        return int(self.index.count())
+
+    def optimize(self) -> None:
+        self.index.optimize()
+
+    def swap_alias(self) -> None:
+        from index import set_active_version
+
+        set_active_version(self.cfg.index, self.index.version)
+
+    def alias(self) -> str | None:
+        from index import active_version
+
+        return active_version(self.cfg.index)
+
+    def close(self) -> None:
+        if self.error is None:
+            self.index.close()
+
+
+def start_writer(cfg: ReelvecConfig, spec: EmbeddingSpec, version: str | None, available: list[str]) -> Any:
+    import ray
+
+    actor = ray.remote(BackfillWriter).options(
+        name=writer_name(cfg), namespace=WRITER_NAMESPACE, num_cpus=0, max_restarts=0, max_concurrency=1
+    )
+    deadline = time.monotonic() + cfg.index.timeout_s
+    while True:
+        try:
+            writer = actor.remote(cfg, spec.dims, spec.schema_version, version, available)
+            break
+        except ValueError as e:  # the name is taken: another backfill on this index, or a killed one exiting
+            if time.monotonic() > deadline:
+                raise StoreError("locked", "another backfill is writing to this index") from e
+            time.sleep(0.5)
+    try:
+        version = call(writer.version.remote())
+    except ReelvecError:
+        ray.kill(writer)
+        raise
+    except ray.exceptions.RayError as e:
+        ray.kill(writer)
+        log.error("index writer failed to start: %s", e)
+        raise StoreError("unreachable", "the index writer failed to start (see the log)") from e
+    log.info("index writer holds version %s", version)
+    return writer
+
+
+def stop_writer(writer: Any) -> None:
+    import ray
+
+    try:
+        call(writer.close.remote())
+    except Exception as e:  # closing is best effort; the actor is killed either way
+        log.warning("index writer close failed: %s", e)
+    ray.kill(writer, no_restart=True)
+    # Wait until the actor is really gone so the path's lock is free when we return.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get(writer.version.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return
+        time.sleep(0.2)

@@ -1,0 +1,517 @@
+"""The HTTP front door (FastAPI ingress on Ray Serve): guards requests, then schedules the pipeline steps on
+the model deployments by handle and writes through `IndexWriter`. It computes nothing itself.
+
+Upload: auth → upload slot (admission) → body (bounded size and time) → `build_item` → index writable? →
+decode → (ASR ‖ OCR → text) ‖ CLIP → `embedding_or_raise` → upsert. Every refusal is `{error, detail,
+request_id}` (see `errors`); nothing is queued in the ingress: a full gate answers 503 at once.
+"""
+
+# No `from __future__ import annotations`: serve.ingress rebuilds the route methods and FastAPI must see
+# real types (Request, Response) in their signatures, not strings.
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
+
+from embedder.config import ReelvecConfig, describe_errors
+from embedder.items import build_item, check_item_id
+from embedder.pipeline import Work, check_query, embedding_or_raise, embedding_spec, query_vectors
+from embedder.types import ItemEmbedding, ItemInput, ReelvecError, StoreError
+from index import SearchFilter
+from serving.deployments import STEP_INPUTS, ModelInfo
+from serving.http.admission import Admission, Gates
+from serving.http.errors import ERROR_RESPONSES, ApiError, error_body, error_headers, status_for
+from serving.http.openapi import openapi_document
+from serving.http.schemas import (
+    ClipSearchForm,
+    DeleteResponse,
+    Health,
+    ItemResponse,
+    Readiness,
+    SearchFilters,
+    SearchQuery,
+    SearchRequest,
+    SearchResponse,
+    UploadResponse,
+)
+from serving.http.upload import API_KEY_HEADER, UploadForm, check_api_key, read_form, read_small_body
+from serving.metrics import ServeMetrics
+
+log = logging.getLogger("ray.serve.reelvec")
+
+_READY_TIMEOUT_S = 10.0
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A JSON search names a few ids and filters; anything bigger is not a search.
+_JSON_BODY_BYTES = 64 * 1024
+MODEL_ROLES = ("clip", "text", "asr", "ocr")
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """The error a replica raised: Ray wraps it in RayTaskError, which keeps the class but not `reason`."""
+    while isinstance(e, RayTaskError) and e.cause is not None and e.cause is not e:
+        e = e.cause
+    return e
+
+
+class _AnySegment(Convertor[str]):
+    """A path parameter that takes any characters, newlines and `/` included (Starlette's `path` stops at a
+    newline), so every malformed item id reaches `check_item_id` and gets 422 `bad_item_id`, not a bare 404."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("item_id", _AnySegment())
+
+api = FastAPI(
+    title="reelvec",
+    version="1",
+    summary="Embed and index short videos on upload; search them by text, clip or item id.",
+    docs_url="/docs",
+)
+
+
+@dataclass
+class _Runtime:
+    """What the module-level handlers need from the replica's Ingress. Serve serves a frozen copy of `api` and
+    ships `Ingress` by value, so neither `api.state` nor a global read inside a method reaches the handlers."""
+
+    cfg: ReelvecConfig | None = None
+    metrics: ServeMetrics | None = None
+
+
+_RUNTIME = _Runtime()
+
+
+def bind_runtime(cfg: ReelvecConfig, metrics: ServeMetrics) -> None:
+    """Called by `Ingress.__init__`: a module function is pickled by reference, so this sets the real global."""
+    _RUNTIME.cfg, _RUNTIME.metrics = cfg, metrics
+
+
+def request_id(request: Request) -> str:
+    """The request's `X-Request-ID` when well-formed (Serve's proxy sets one when the client did not), else a
+    new one; kept on the request for logs and errors."""
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        given = request.headers.get("x-request-id", "")
+        rid = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        request.state.request_id = rid
+    return rid
+
+
+def _set_request_id(request: Request, response: Response, rid: str) -> None:
+    # Serve's proxy echoes the request's X-Request-ID on every response: add ours only when it differs
+    # (a malformed client id we replaced, or no proxy in front), else the header would carry it twice.
+    if request.headers.get("x-request-id") != rid:
+        response.headers["X-Request-ID"] = rid
+
+
+def _bind_contract(app: FastAPI) -> None:
+    """Serve the config-aware OpenAPI document (limits and id alphabet come from config, known only in the
+    replica); replacing `openapi` itself, since FastAPI regenerates its cached schema when routes change."""
+    if _RUNTIME.cfg is not None and "openapi" not in vars(app):
+        doc = openapi_document(app, _RUNTIME.cfg)
+        app.openapi = lambda: doc  # type: ignore[method-assign]
+
+
+@api.middleware("http")
+async def _request_id(request: Request, call_next: Any) -> Response:
+    rid = request_id(request)
+    _bind_contract(request.app)
+    response = await call_next(request)
+    _set_request_id(request, response, rid)
+    return response
+
+
+def _error(request: Request, e: ReelvecError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error response: `{error, detail, request_id}`, sanitized; the full detail goes to the log."""
+    status = status_for(e)
+    rid = request_id(request)
+    if _RUNTIME.metrics is not None and (status < 500 or status in (429, 503)):
+        _RUNTIME.metrics.reject(e.reason)
+    item_id = getattr(request.state, "item_id", None)
+    log.info(
+        "%s %s -> %d %s: %s (item_id=%s request_id=%s)",
+        request.method,
+        request.url.path,
+        status,
+        e.reason,
+        e.detail,
+        item_id,
+        rid,
+        extra={"item_id": item_id, "reason": e.reason, "status": status, "request_id": rid},
+    )
+    out = {**error_headers(status), **(headers or {})}
+    response = JSONResponse(error_body(e, rid), status_code=status, headers=out)
+    _set_request_id(request, response, rid)  # also here: a 500 is answered outside the middleware
+    return response
+
+
+@api.exception_handler(ReelvecError)
+async def _reelvec_error(request: Request, e: Exception) -> JSONResponse:
+    cause = _unwrap(e)
+    err = cause if isinstance(cause, ReelvecError) else ReelvecError("internal_error", str(cause))
+    return _error(request, err)
+
+
+@api.exception_handler(BackPressureError)
+@api.exception_handler(DeploymentUnavailableError)
+@api.exception_handler(RayActorError)
+async def _overloaded(request: Request, e: Exception) -> JSONResponse:
+    return _error(request, ApiError("overloaded", f"a model deployment is busy or restarting: {e}", 503))
+
+
+@api.exception_handler(RayTaskError)
+async def _task_error(request: Request, e: Exception) -> JSONResponse:
+    cause = _unwrap(e)
+    if isinstance(cause, ReelvecError):
+        return _error(request, cause)
+    if isinstance(cause, BackPressureError | DeploymentUnavailableError | RayActorError):
+        return await _overloaded(request, cause)
+    return await _internal(request, cause)
+
+
+@api.exception_handler(Exception)
+async def _internal(request: Request, e: Exception) -> JSONResponse:
+    """Anything unexpected: 500 with a fixed text; the traceback is logged under the request id."""
+    log.error("internal error on %s (request_id=%s)", request.url.path, request_id(request), exc_info=e)
+    return _error(request, ApiError("internal_error", f"{type(e).__name__}: {e}", 500))
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, e: Exception) -> JSONResponse:
+    """FastAPI's parameter validation → 400 naming the parameter (the same status as a bad JSON / form search)."""
+    errs = e.errors() if isinstance(e, RequestValidationError) else []
+    detail = describe_errors(errs) or "invalid request"
+    in_query = bool(errs) and all(err.get("loc", ("",))[0] == "query" for err in errs)
+    return _error(request, ApiError("bad_query" if in_query else "invalid_request", detail, 400))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http(request: Request, e: Exception) -> JSONResponse:
+    status = e.status_code if isinstance(e, StarletteHTTPException) else 500
+    reason = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+    detail = e.detail if isinstance(e, StarletteHTTPException) else "error"
+    headers = dict(e.headers or {}) if isinstance(e, StarletteHTTPException) else {}
+    if status == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return _error(request, ApiError(reason, str(detail), status), headers)
+
+
+def _leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Routes as registered: FastAPI wraps an included router (Serve's class-based view) in one more route."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette's own 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in _leaf_routes(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse(model: type[M], data: bytes | dict[str, str]) -> M:
+    """A search request (JSON body or form fields) or 400 `bad_query` naming the offending key."""
+    try:
+        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
+    except ValidationError as e:
+        raise StoreError("bad_query", describe_errors(e.errors())) from e
+
+
+# Everything the route methods call is defined above the class: `serve.ingress` pickles the routes by value
+# while the class body runs, so a name defined below it would be missing in the replica (NameError).
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    """HTTP front door: guards requests and schedules the steps on the model deployments; writes via IndexWriter."""
+
+    def __init__(
+        self,
+        cfg: ReelvecConfig,
+        decode: DeploymentHandle,
+        models: dict[str, DeploymentHandle],
+        writer: DeploymentHandle,
+        admission: Admission | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.spec = embedding_spec(cfg)
+        self.decode, self.handles, self.writer = decode, models, writer
+        self.metrics = ServeMetrics()
+        self.gates = Gates(admission or Admission.from_config(cfg.serve))
+        bind_runtime(cfg, self.metrics)
+        self._models: dict[str, ModelInfo] | None = None
+        self._inflight = 0
+
+    async def models(self) -> dict[str, ModelInfo]:
+        """Role → ModelInfo of every model deployment, asked once (a replica's model never changes)."""
+        if self._models is None:
+            infos = await asyncio.gather(*(h.info.remote() for h in self.handles.values()))
+            self._models = dict(zip(self.handles, infos, strict=True))
+        return self._models
+
+    def _auth(self, request: Request, write: bool) -> bool:
+        """Writes, and anything that costs model compute or returns stored content, need the key (when one is
+        set) unless `serve.public_read` opens the reads. Returns whether the client is keyed (see admission)."""
+        return check_api_key(request, self.cfg.serve.api_key, required=write or not self.cfg.serve.public_read)
+
+    def _item_id(self, request: Request, item_id: str) -> str:
+        """An id from the path or a search body, checked like an upload's (422 `bad_item_id`) and logged."""
+        request.state.item_id = item_id
+        return check_item_id(item_id, self.cfg.limits)
+
+    async def _read_form(self, request: Request, keyed: bool) -> UploadForm:
+        """The multipart body under the body-reader gate (anonymous clients get their own, smaller pool)."""
+        async with self.gates.body(keyed).hold():
+            return await read_form(request, self.cfg.limits, self.cfg.serve.body_timeout_s)
+
+    # ---- embedding ---------------------------------------------------------------------------------
+
+    async def _step(self, role: str, work: Work) -> None:
+        """Run one model's step on this item in its deployment (batched there with other requests)."""
+        if (await self.models())[role].loaded:
+            work.merge(await self.handles[role].run.remote(work.slim(keep=STEP_INPUTS[role])))
+
+    async def _embed(self, item: ItemInput) -> ItemEmbedding:
+        """Every step for one item through the deployments; the same step functions as `ItemEmbedder`."""
+        models = await self.models()
+        t0 = time.perf_counter()
+        work: Work = await self.decode.decode.remote(Work(item))
+        # The upload's bytes are decoded; drop them now rather than hold them through ASR, OCR and encoding.
+        item.media = b""
+        work.timings["decode_ms"] = (time.perf_counter() - t0) * 1000
+        if work.ok:
+
+            async def texts() -> None:
+                await asyncio.gather(self._step("asr", work), self._step("ocr", work))
+                if work.ok:
+                    await self._step("text", work)
+
+            await asyncio.gather(texts(), self._step("clip", work))
+        unavailable = [m.card for m in models.values() if not m.loaded]
+        emb = embedding_or_raise(work, self.spec, unavailable)
+        for stage, ms in emb.timings_ms.items():
+            self.metrics.stage(stage.removesuffix("_ms"), ms)
+        return emb
+
+    async def _query(self, text: str) -> dict[str, np.ndarray]:
+        """Query text → per-modality and fused query vectors, exactly as `ItemEmbedder.encode_query`."""
+        check_query(text, self.cfg.limits)
+        models = await self.models()
+        visual = self.handles["clip"].encode_text.remote(text) if models["clip"].loaded else None
+        textual = self.handles["text"].encode_query.remote(text) if models["text"].loaded else None
+        return query_vectors(
+            self.spec,
+            await visual if visual is not None else None,
+            await textual if textual is not None else None,
+        )
+
+    # ---- endpoints ---------------------------------------------------------------------------------
+
+    @api.post(
+        "/v1/items",
+        status_code=201,
+        response_model=UploadResponse,
+        responses={200: {"model": UploadResponse, "description": "Replaced an existing item"}, **ERROR_RESPONSES},
+        summary=f"Upload a clip (multipart); needs {API_KEY_HEADER} when serve.api_key is set",
+    )
+    async def upload(self, request: Request, response: Response) -> UploadResponse:
+        keyed = self._auth(request, write=True)
+        t0 = time.perf_counter()
+        # The upload slot is taken before the body is read: it bounds the bytes this replica holds (slots x
+        # limits.max_bytes) and a full service answers 503 before the client sends its file.
+        async with self.gates.media.hold():
+            form = await self._read_form(request, keyed)
+            request.state.item_id = form.fields.get("item_id")
+            if "item_id" not in form.fields:
+                raise ApiError("missing_field", "item_id is required")
+            item = build_item(
+                form.fields["item_id"],
+                form.media,
+                self.cfg.limits,
+                caption=form.fields.get("caption"),
+                metadata=form.fields.get("metadata"),
+            )
+            del form
+            await self.writer.writable.remote()  # a locked / unreachable index refuses before decode and ASR
+            self._inflight += 1
+            self.metrics.inflight.set(self._inflight)
+            try:
+                emb = await self._embed(item)
+                t = time.perf_counter()
+                written = await self.writer.upsert.remote(emb)
+                outcome = written["status"]
+                index_ms = (time.perf_counter() - t) * 1000
+            finally:
+                self._inflight -= 1
+                self.metrics.inflight.set(self._inflight)
+        total_ms = (time.perf_counter() - t0) * 1000
+        self.metrics.stage("index", index_ms)
+        self.metrics.stage("total", total_ms)
+        response.status_code = 201 if outcome == "created" else 200
+        log.info(
+            "item %s %s: modalities=%s total_ms=%.0f",
+            emb.item_id,
+            outcome,
+            ",".join(emb.modalities),
+            total_ms,
+            extra={"item_id": emb.item_id, "outcome": outcome, "modalities": emb.modalities, "total_ms": total_ms},
+        )
+        return UploadResponse(
+            item_id=emb.item_id,
+            status=outcome,  # type: ignore[arg-type]
+            modalities=emb.modalities,
+            models=emb.models,
+            models_unavailable=emb.models_unavailable,
+            schema_version=emb.schema_version,
+            duration_s=emb.duration_s,
+            transcript=emb.transcript.text,
+            language=emb.transcript.language,
+            speech=emb.transcript.speech,
+            ocr_text=emb.ocr.text,
+            decoder=emb.decoder,
+            duplicate_of=written["duplicate_of"],
+            duplicate_score=written["duplicate_score"],
+            semantic_id=written["semantic_id"],
+            timings_ms={**emb.timings_ms, "index_ms": round(index_ms, 3), "total_ms": round(total_ms, 3)},
+        )
+
+    @api.get("/v1/items/{item_id:item_id}", response_model=ItemResponse, responses=ERROR_RESPONSES)
+    async def get_item(self, request: Request, item_id: str, vectors: bool = False) -> ItemResponse:
+        self._auth(request, write=False)
+        return ItemResponse(**await self.writer.get.remote(self._item_id(request, item_id), vectors))
+
+    @api.delete("/v1/items/{item_id:item_id}", response_model=DeleteResponse, responses=ERROR_RESPONSES)
+    async def delete_item(self, request: Request, item_id: str) -> DeleteResponse:
+        self._auth(request, write=True)
+        if not await self.writer.delete.remote(self._item_id(request, item_id)):
+            raise StoreError("unknown_item", "no item with this id")
+        log.info("item %s deleted", item_id, extra={"item_id": item_id, "outcome": "deleted"})
+        return DeleteResponse(item_id=item_id, deleted=True)
+
+    @api.get("/v1/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
+    async def search_text(self, request: Request, params: Annotated[SearchQuery, Query()]) -> SearchResponse:
+        self._auth(request, write=False)
+        t0 = time.perf_counter()
+        flt = self._filter(params)
+        vecs = await self._query(params.q)
+        self.metrics.stage("query_encode", (time.perf_counter() - t0) * 1000)
+        return await self._search(vecs, params.using, self._fusion(params.fusion), params.k, flt, t0)
+
+    @api.post("/v1/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
+    async def search_by(self, request: Request) -> SearchResponse:
+        """Search with an uploaded clip (multipart) or by item ids (JSON `like` or `positive`/`negative`)."""
+        keyed = self._auth(request, write=False)
+        t0 = time.perf_counter()
+        ctype = request.headers.get("content-type", "").lower()
+        if ctype.startswith("application/json"):
+            async with self.gates.body(keyed).hold():
+                raw = await read_small_body(request, _JSON_BODY_BYTES, self.cfg.serve.body_timeout_s)
+            req = _parse(SearchRequest, raw)
+            for item_id in [*([req.like] if req.like is not None else []), *req.positive, *req.negative]:
+                self._item_id(request, item_id)
+            flt = self._filter(req)
+            if req.like:
+                hits = await self.writer.search_like.remote(req.like, req.using, req.k, flt)
+            else:
+                hits = await self.writer.recommend.remote(req.positive, req.negative, req.using, req.k, flt)
+            return self._hits(hits, req.k, req.using, t0)
+        async with self.gates.media.hold():
+            form = await self._read_form(request, keyed)  # 415 unless multipart
+            params = _parse(ClipSearchForm, form.fields)
+            flt = self._filter(params.filters)
+            fusion = self._fusion(params.fusion)
+            probe = build_item("_query", form.media, self.cfg.limits, caption=params.caption)
+            del form
+            await self.writer.writable.remote()  # a locked / unreachable index refuses before decode
+            emb = await self._embed(probe)
+        return await self._search(emb.vectors, params.using, fusion, params.k, flt, t0)
+
+    def _filter(self, f: SearchFilters) -> SearchFilter:
+        """The HTTP filter → the index's (same fields; kept apart so index/ never depends on serving/)."""
+        for item_id in f.exclude_ids:
+            check_item_id(item_id, self.cfg.limits)
+        return SearchFilter.model_validate(f.model_dump(include=set(SearchFilter.model_fields)))
+
+    def _fusion(self, given: str | None) -> str:
+        return given or self.cfg.fusion.mode
+
+    async def _search(
+        self, vecs: dict[str, np.ndarray], using: str, fusion: str, k: int, flt: SearchFilter, t0: float
+    ) -> SearchResponse:
+        if using == "fused" and fusion != "vector":
+            per_modality = {m: v for m, v in vecs.items() if m != "fused"}
+            hits = await self.writer.search_multi.remote(per_modality, fusion, k, flt)
+            return self._hits(hits, k, f"{fusion}", t0)
+        if using not in vecs:
+            raise StoreError("bad_query", f"no {using} vector for this query (modality off or absent)")
+        hits = await self.writer.search.remote(vecs[using], using, k, flt)
+        return self._hits(hits, k, using, t0)
+
+    def _hits(self, hits: list[dict[str, Any]], k: int, using: str, t0: float) -> SearchResponse:
+        took = (time.perf_counter() - t0) * 1000
+        self.metrics.stage("search", took)
+        return SearchResponse(hits=hits, k=k, using=using, took_ms=round(took, 3))
+
+    @api.get("/healthz", response_model=Health)
+    async def healthz(self) -> Health:
+        return Health()
+
+    @api.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz(self) -> Response:
+        """Ready when every model deployment answers (optional models may be `unavailable`) and the index is open.
+        Open without a key, so it names model roles and reason codes only: no counts, paths or versions."""
+        models: dict[str, str] = {}
+        ready = True
+        try:
+            for role, info in (await asyncio.wait_for(self.models(), _READY_TIMEOUT_S)).items():
+                models[role] = "loaded" if info.loaded else "unavailable"
+                ready = ready and (info.loaded or not info.required)
+        except Exception as e:
+            self._models = None
+            log.warning("readyz: model deployments not answering: %s", _unwrap(e))
+            ready, models["error"] = False, "model deployments not answering"
+        try:
+            await asyncio.wait_for(self.writer.ping.remote(), _READY_TIMEOUT_S)
+            index: dict[str, Any] = {"reachable": True}
+        except Exception as e:
+            cause = _unwrap(e)
+            log.warning("readyz: index not ready: %s", cause)
+            reason = cause.reason if isinstance(cause, StoreError) else "unreachable"
+            index = {"reachable": False, "error": reason if reason in ("locked", "unreachable") else "unreachable"}
+            ready = False
+        body = Readiness(ready=ready, models=models, index=index).model_dump(mode="json")
+        status = 200 if ready else 503
+        return JSONResponse(body, status_code=status, headers=error_headers(status))

@@ -1,0 +1,163 @@
+"""HTTP request/response models of the Serve API (pydantic, one place; the OpenAPI document is built from them)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Using = Literal["fused", "visual", "caption", "transcript", "ocr"]
+Fusion = Literal["vector", "rrf", "dbsf"]
+# The keys of a `filters` object (multipart search) and of the filter query parameters (GET search).
+FILTER_KEYS = ("creator_id", "language", "since", "until", "exclude_ids")
+
+
+def _drop_empty(data: Any) -> Any:
+    """Form and query values given empty (`since=&until=`) mean absent, as browsers and curl send them."""
+    if not isinstance(data, dict):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = [v for v in value if v != ""]
+            if not value:
+                continue
+        elif value == "":
+            continue
+        out[key] = value
+    return out
+
+
+class UploadResponse(BaseModel):
+    """What `POST /v1/items` returns: 201 `created` or 200 `replaced`."""
+
+    item_id: str
+    status: Literal["created", "replaced"]
+    modalities: list[str]
+    models: dict[str, str] = Field(description="Model card id → version for every model that ran.")
+    models_unavailable: list[str] = Field(description="Configured model cards not loaded (modality off).")
+    schema_version: str
+    duration_s: float
+    transcript: str
+    language: str | None
+    speech: bool | None = Field(description="Speech gate: false = no voice (ASR skipped), null = not checked.")
+    ocr_text: str = Field(description="On-screen text read from the frames.")
+    decoder: str
+    duplicate_of: str | None = Field(None, description="The stored item this upload re-uploads (dedup.threshold).")
+    duplicate_score: float | None = Field(None, description="Fingerprint similarity to `duplicate_of` (0..1).")
+    semantic_id: list[int] | None = Field(None, description="Residual-quantization code, once fitted.")
+    timings_ms: dict[str, float] = Field(description="Per-stage wall time of this upload.")
+
+
+class ItemResponse(BaseModel):
+    """A stored item: payload (caption, transcript, metadata…) and, on request, its vectors."""
+
+    item_id: str
+    payload: dict[str, Any]
+    vectors: dict[str, list[float] | list[list[float]]] | None = Field(
+        None, description="Dense vectors (d floats) and MaxSim multivectors (n rows of d floats), by name."
+    )
+
+
+class DeleteResponse(BaseModel):
+    item_id: str
+    deleted: bool
+
+
+class SearchFilters(BaseModel):
+    """Payload filters shared by text, clip and id searches; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    creator_id: str | None = None
+    language: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    exclude_ids: list[str] = Field(default_factory=list)
+
+
+class SearchQuery(SearchFilters):
+    """`GET /v1/search` query parameters; unknown ones are refused (400 naming the parameter), empty = absent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    q: str = Field("", description="Query text.", max_length=2200)
+    k: int = Field(10, ge=1, le=100, description="How many hits.")
+    using: Using = Field("fused", description="Which vector to search: fused or one modality.")
+    fusion: Fusion | None = Field(None, description="With using=fused: vector, rrf or dbsf (default fusion.mode).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty(cls, data: Any) -> Any:
+        return _drop_empty(data)
+
+
+class ClipSearchForm(BaseModel):
+    """The text fields of a multipart `POST /v1/search` (the clip is the `file` part); unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    caption: str | None = Field(None, description="Caption of the query clip (embedded like an item's).")
+    k: int = Field(10, ge=1, le=100)
+    using: Using = "fused"
+    fusion: Fusion | None = None
+    filters: SearchFilters = Field(
+        default_factory=SearchFilters, description=f"JSON object with any of {', '.join(FILTER_KEYS)}."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty(cls, data: Any) -> Any:
+        return _drop_empty(data)
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _json(cls, v: Any) -> Any:
+        """The form sends `filters` as JSON text; its keys are then checked like any other field."""
+        if not isinstance(v, str):
+            return v
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            raise ValueError("filters is not valid JSON") from None
+
+
+class SearchRequest(SearchFilters):
+    """`POST /v1/search` with JSON: items like `like`, or recommend from `positive` / `negative` ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    like: str | None = None
+    positive: list[str] = Field(default_factory=list)
+    negative: list[str] = Field(default_factory=list)
+    k: int = Field(10, ge=1, le=100)
+    using: Using = "fused"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SearchRequest:
+        if self.like is None and not self.positive:
+            raise ValueError("give `like` (an item id) or `positive` ids")
+        if self.like is not None and (self.positive or self.negative):
+            raise ValueError("`like` cannot be combined with `positive` / `negative`")
+        return self
+
+
+class SearchResponse(BaseModel):
+    hits: list[dict[str, Any]] = Field(description="Best first: item id, score and stored payload.")
+    k: int
+    using: str
+    took_ms: float
+
+
+class Health(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+class Readiness(BaseModel):
+    """`/readyz`: every model deployment answered and the index is reachable."""
+
+    ready: bool
+    models: dict[str, str] = Field(description="Model role → `loaded`, `unavailable` (optional, off) or an error.")
+    index: dict[str, Any]

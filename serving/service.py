@@ -1,0 +1,284 @@
+"""The Serve application: one deployment per model, the index owner and the ingress, composed from config.
+
+`run` starts (or joins) Ray, deploys on host:port and tears everything down on Ctrl-C / SIGTERM (a watchdog reaps
+the local cluster even after SIGKILL); `deploy` deploys to a running cluster and returns; `serve_config` writes the
+same app as a Serve config for `serve deploy` / KubeRay."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import serve
+from ray.serve.config import BackpressureConfig
+from ray.serve.schema import LoggingConfig, ServeDeploySchema
+
+from embedder.config import ENV_PREFIX, ReelvecConfig, load_config
+from embedder.pipeline import embedding_spec, unavailable_models
+from embedder.types import ConfigError
+from serving.deployments import (
+    AsrDeployment,
+    ClipDeployment,
+    DecodeDeployment,
+    IndexWriter,
+    OcrDeployment,
+    TextDeployment,
+)
+from serving.http.admission import Admission
+from serving.http.app import Ingress
+from serving.http.errors import RETRY_AFTER_S
+
+APP_NAME = "reelvec"
+# The ingress mostly awaits handles; this bounds requests it holds at once, independently of batch size.
+_INGRESS_MIN_ONGOING = 32
+# Decode runs one item at a time per replica; one more waits inside so the replica never idles.
+_SERIAL_ONGOING = 2
+MODEL_DEPLOYMENTS = {"asr": AsrDeployment, "ocr": OcrDeployment, "clip": ClipDeployment, "text": TextDeployment}
+
+
+def _opts(replicas: int, max_ongoing: int, num_cpus: float = 0.0, num_gpus: float = 0.0) -> dict[str, Any]:
+    return {
+        "num_replicas": replicas,
+        "max_ongoing_requests": max_ongoing,
+        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+        "logging_config": LoggingConfig(encoding="JSON"),
+    }
+
+
+def build_app(cfg: ReelvecConfig) -> serve.Application:
+    """The whole online path as one Serve application; replicas, resources and batching from `cfg.serve`."""
+    s = cfg.serve
+    spec = embedding_spec(cfg)
+    # @serve.batch only fills when a replica may hold a full batch per concurrent batch (see the issue); twice
+    # that lets the next batch gather while one runs, so the model never waits for its queue to refill.
+    batch_capacity = 2 * s.max_batch_size * s.max_concurrent_batches
+    batching = {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s}
+    # Embedded Qdrant Edge: one process may open the path, so exactly one owner; a server takes many writers
+    # (":memory:" is per process, so it too must have a single owner).
+    shared_server = cfg.index.backend == "qdrant" and cfg.index.url not in (None, ":memory:")
+    writer_replicas = s.ingress_replicas if shared_server else 1
+    cpu, gpu = s.num_cpus_per_model, s.num_gpus_per_model
+    ocr_on = cfg.models.ocr.card not in unavailable_models(cfg)
+    decode = DecodeDeployment.options(**_opts(s.decode_replicas, _SERIAL_ONGOING, cpu)).bind(cfg, ocr_on)
+    replicas = {"asr": s.asr_replicas, "ocr": s.ocr_replicas, "clip": s.clip_replicas, "text": s.text_replicas}
+    models = {
+        role: deployment.options(**_opts(replicas[role], batch_capacity, cpu, gpu), user_config=batching).bind(cfg)
+        for role, deployment in MODEL_DEPLOYMENTS.items()
+    }
+    # Ingress and index owner mostly wait on I/O: like Serve's proxy they reserve no CPU, so the default
+    # config (4 models x 0.5 CPU) fits a 2-core machine.
+    writer = IndexWriter.options(**_opts(writer_replicas, _INGRESS_MIN_ONGOING)).bind(
+        cfg, spec.dims, spec.schema_version
+    )
+    # The ingress admits every request at once (a slow client must never hold /healthz's slot); its own gates
+    # then bound uploads, body readers and anonymous clients with a JSON 503 (serving/http/admission.py).
+    # Serve's own queue counts requests not yet assigned to a replica, which a burst fills in milliseconds, and
+    # answers in plain text: sized like the ingress so that only a true flood reaches it.
+    admission = Admission.from_config(s)
+    ingress = Ingress.options(
+        **_opts(s.ingress_replicas, admission.ingress_ongoing()),
+        max_queued_requests=admission.ingress_ongoing(),
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
+    )
+    return ingress.bind(cfg, decode, models, writer, admission)
+
+
+def app_from_config(args: dict[str, Any] | None = None) -> serve.Application:
+    """App builder for `serve deploy` / KubeRay's RayService: `args: {config: PATH}` (absent: the default config),
+    with `REELVEC__*` overrides from the application's runtime_env."""
+    path = (args or {}).get("config")
+    return build_app(load_config(path))
+
+
+def serve_config(cfg: ReelvecConfig, config_path: Path | None, host: str, port: int) -> dict[str, Any]:
+    """A Serve deploy config (`ServeDeploySchema`) for this app, as `serve build` would write it: the import path
+    of `app_from_config`, its config file, the `REELVEC__*` overrides in effect, and each deployment's options."""
+    from ray.serve._private.build_app import build_app as build_serve_app  # what `serve build` uses
+    from ray.serve.deployment import deployment_to_schema
+
+    built = build_serve_app(build_app(cfg), name=APP_NAME)
+    # Overrides travel as env vars so the cluster's builder sees the same config; secrets never go into the file.
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) and not k.endswith("API_KEY")}
+    doc = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port},
+        "logging_config": {"encoding": "JSON"},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": f"{__name__}:{app_from_config.__name__}",
+                "args": {"config": str(config_path.resolve())} if config_path else {},
+                "runtime_env": {"env_vars": env} if env else {},
+                "deployments": [
+                    deployment_to_schema(d).model_dump(mode="json", exclude_unset=True) for d in built.deployments
+                ],
+            }
+        ],
+    }
+    ServeDeploySchema.model_validate(doc)
+    return doc
+
+
+def write_serve_config(doc: dict[str, Any], path: Path) -> None:
+    """Write a Serve deploy config as YAML (for `serve deploy FILE` or a RayService's `serveConfigV2`)."""
+    try:
+        path.write_text(yaml.safe_dump(doc, sort_keys=False, width=120))
+    except OSError as e:
+        raise ConfigError("unwritable", f"cannot write the Serve config to {path} ({e.strerror})") from e
+
+
+def deploy(cfg: ReelvecConfig, address: str, host: str, port: int) -> str:
+    """Deploy the app to the running cluster at `address` and return its URL; the app keeps running there
+    (Serve's controller is a detached actor) until `serve shutdown` or a redeploy."""
+    ray.init(address=address, logging_level=logging.WARNING)
+    try:
+        serve.start(http_options={"host": host, "port": port})  # options apply only if Serve is not yet running
+        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+    finally:
+        ray.shutdown()  # disconnects this driver only
+    return f"http://{host}:{port}"
+
+
+def _reap_on_eof(parent: int, grace_s: float, every_s: float) -> None:
+    """Watchdog body: note every descendant of `parent` each `every_s` until stdin reaches EOF (the parent exited,
+    even by SIGKILL), then end those still alive and their children: SIGTERM, then SIGKILL after `grace_s`."""
+    import contextlib
+    import os
+    import select
+    import signal
+    import sys
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def table() -> dict[int, tuple[int, int]]:
+        """pid -> (ppid, start time) of every live, non-zombie process."""
+        procs = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()  # the name before ")" may hold spaces
+            except OSError:
+                continue
+            if fields[0] != b"Z":
+                procs[int(name)] = (int(fields[1]), int(fields[19]))
+        return procs
+
+    def descendants(roots: set[int], procs: dict[int, tuple[int, int]]) -> set[int]:
+        found: set[int] = set()
+        frontier = roots
+        while frontier:
+            frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier and pid not in found}
+            found |= frontier
+        return found
+
+    me = os.getpid()
+    seen: dict[int, int] = {}  # pid -> start time (a reused pid is not ours)
+    stdin = sys.stdin.fileno()
+    while True:
+        ready, _, _ = select.select([stdin], [], [], every_s)
+        if ready and not os.read(stdin, 4096):
+            break
+        procs = table()
+        seen = {pid: t for pid, t in seen.items() if procs.get(pid, (0, -1))[1] == t}
+        seen.update({pid: procs[pid][1] for pid in descendants({parent}, procs) - {me}})
+
+    def alive() -> set[int]:
+        procs = table()
+        ours = {pid for pid, t in seen.items() if procs.get(pid, (0, -1))[1] == t}
+        return (ours | descendants(ours | {parent}, procs)) - {me}
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # Ray's agents ignore SIGTERM
+        for pid in alive():
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+class _Reaper:
+    """A watchdog process that outlives this one and ends every process the local Ray cluster started.
+
+    Ray kills its direct children when the driver dies (PR_SET_PDEATHSIG), but raylet's own children
+    (DashboardAgent, RuntimeEnvAgent) lingered 1-2 minutes after a `kill -9`, and decode workers were reaped
+    only by `__del__`. Once the driver is gone they hang off init, so the watchdog notes the process tree while
+    it can (marking them by environment fails: Ray's proctitle overwrites /proc/<pid>/environ)."""
+
+    def __init__(self, grace_s: float = 2.0, every_s: float = 1.0) -> None:
+        self.grace_s = grace_s
+        # Run from source with `-I`: the watchdog imports nothing of Ray or reelvec (starts in milliseconds), and
+        # its own session keeps a terminal's Ctrl-C or a process-group kill from ending it before it has reaped.
+        args = f"{os.getpid()}, {grace_s!r}, {every_s!r}"
+        code = inspect.getsource(_reap_on_eof) + f"\n_reap_on_eof({args})\n"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def reap(self) -> None:
+        """End whatever the cluster left behind and wait until it is gone."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=2 * self.grace_s + 10)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run(cfg: ReelvecConfig, address: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Start local Ray (or join the cluster at `address`), deploy on host:port, block until Ctrl-C / SIGTERM; a
+    local cluster is torn down on the way out, and reaped even if this process is killed."""
+    runlog = logging.getLogger("reelvec.serve")
+    runlog.setLevel(logging.INFO)  # the URL is always shown, whatever the CLI's log level
+    owns_cluster = not ray.is_initialized() and address is None
+    # Explicit handlers: a process started in the background inherits SIGINT ignored, and SIGTERM (docker stop,
+    # systemd, Kubernetes) must tear the app down too, also while it is still starting.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    reaper = _Reaper() if owns_cluster else None
+    try:
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False)
+            signal.signal(signal.SIGTERM, _interrupt)  # ray.init installs its own, which exits mid-teardown
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+        runlog.info("reelvec serving on http://%s:%d (OpenAPI docs at /docs); Ctrl-C to stop", host, port)
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        runlog.info("shutting down")
+    except SystemExit as e:  # Ray's own SIGTERM handler, live while ray.init runs, exits with the signal number
+        if e.code != signal.SIGTERM:
+            raise
+        runlog.info("shutting down")
+    finally:
+        try:
+            with contextlib.suppress(Exception):  # best effort on the way out; the app may never have deployed
+                if owns_cluster:
+                    serve.shutdown()
+                else:
+                    serve.delete(APP_NAME)
+            if owns_cluster:
+                ray.shutdown()
+        finally:
+            if reaper is not None:
+                reaper.reap()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
