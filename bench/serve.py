@@ -218,12 +218,18 @@ class PeakRss:
 
 
 def _ingress_pid() -> int:
-    from ray.util.state import list_actors
-
-    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "Ingress" in a.class_name]
-    if len(actors) != 1:
-        raise RuntimeError(f"expected one ingress replica, found {len(actors)}")
-    return int(actors[0].pid)
+    """The local ingress replica's pid: Ray titles a replica's process `ray::ServeReplica:<app>:Ingress…`."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = cmdline.read_bytes().decode(errors="replace")
+        except OSError:  # the process exited while we looked
+            continue
+        if title.startswith(f"ray::ServeReplica:{APP}:Ingress"):
+            pids.append(int(cmdline.parent.name))
+    if len(pids) != 1:
+        raise RuntimeError(f"expected one ingress replica, found {len(pids)}")
+    return pids[0]
 
 
 async def _flood(base: str, n: int, media: bytes) -> list[int]:

@@ -109,9 +109,11 @@ class AsrConfig(_Section):
     # Speech gate: Silero VAD (shipped in faster-whisper) on the decoded audio; no speech → Whisper is skipped.
     speech_gate: bool = True
     min_speech_s: float = Field(0.3, ge=0)
-    # Batched transcription across items: `pack` puts several short clips into one 30-s window (split back by
-    # word timestamps), `generate` runs CTranslate2's batched generate over padded windows, `none` one by one.
-    batch_mode: Literal["pack", "generate", "none"] = "pack"
+    # Transcription across items (bench/asr.py): `none` = one clip per Whisper call (default: a clip's transcript
+    # never depends on what it was batched with, so ingest, HTTP and backfill store identical vectors);
+    # `pack` = up to `batch_size` clips' speech back to back in one stream (2.4-4.2x clips/s on 2 cores, but
+    # 11 % of words differ from one-by-one); `generate` = batched padded windows (slower on CPU, 3.9 % differ).
+    batch_mode: Literal["pack", "generate", "none"] = "none"
     batch_size: int = Field(8, ge=1)
     pack_gap_s: float = Field(1.0, ge=0)
 
@@ -123,6 +125,11 @@ class OcrConfig(_Section):
     short_side: int = Field(360, ge=64, le=2160)
     min_confidence: float = Field(0.6, ge=0, le=1)
     max_lines: int = Field(64, ge=1)
+    # Cost savers (bench/ocr.py): skip a frame nearly identical to the last one read; reuse a box's reading
+    # when its pixels did not change. Lines whose normalized text is this similar count as one.
+    skip_unchanged: bool = True
+    dedup_similarity: float = Field(0.8, ge=0, le=1)
+    min_chars: int = Field(2, ge=1)
     batch_size: int = Field(16, ge=1)
 
 
@@ -186,6 +193,8 @@ class ServeConfig(_Section):
     public_read: bool = False
     # A request body must arrive within this many seconds (slow or lying clients get 408).
     body_timeout_s: float = Field(10.0, gt=0)
+    # ... and must keep at least this average rate (idle timeout + size / rate bounds the whole read).
+    min_body_rate_kib_s: float = Field(64.0, gt=0)
     ray_address: str | None = None
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.05, ge=0)

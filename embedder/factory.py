@@ -40,7 +40,16 @@ _LOADERS: dict[str, Callable[[ModelCard, Path, ReelvecConfig, str, torch.dtype],
     "open_clip": lambda card, w, cfg, dev, dt: ClipEncoder(card, w, cfg.clip, dev, dt),
     "hf_text": lambda card, w, cfg, dev, dt: TextEncoder(card, w, cfg.text, dev, dt),
     "faster_whisper": lambda card, w, cfg, dev, _dt: Transcriber(card, w, cfg.asr, dev),
-    "rapidocr": lambda card, w, cfg, dev, _dt: OcrReader(card, w, cfg.ocr, dev, cfg.models.torch_threads),
+    "rapidocr": lambda card, w, cfg, dev, _dt: OcrReader(
+        card,
+        w,
+        cfg.ocr,
+        dev,
+        cfg.models.torch_threads,
+        skip_identical=cfg.ocr.skip_unchanged,
+        dedup_similarity=cfg.ocr.dedup_similarity,
+        min_chars=cfg.ocr.min_chars,
+    ),
 }
 
 

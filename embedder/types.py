@@ -114,7 +114,8 @@ class Transcript:
 
 @dataclass(frozen=True)
 class OcrLine:
-    """One line of on-screen text, as first seen: text, the model's confidence and when it first appears."""
+    """One line of on-screen text: its most confident reading, that confidence, and when it first and last
+    appears among the frames read."""
 
     text: str
     confidence: float

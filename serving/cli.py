@@ -464,6 +464,8 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a stored item as `GET /v1/items/{id}` returns it: its payload, and with --vectors its vectors."""
+    import numpy as np
+
     from embedder.items import check_item_id
 
     with cli_errors(as_json):
@@ -471,10 +473,12 @@ def show(
         check_item_id(item_id, cfg.limits)
         with _open_index(cfg, create=False) as index:
             stored = index.get(item_id)
+    # tolist(): dense vectors and multi-vectors (a list of rows, e.g. the dedup fingerprint) alike.
+    arrays = {k: np.asarray(v) for k, v in stored.vectors.items()}
     doc = {
         "item_id": stored.item_id,
         "payload": stored.payload,
-        "vectors": {k: [float(x) for x in v] for k, v in stored.vectors.items()} if vectors else None,
+        "vectors": {k: a.tolist() for k, a in arrays.items()} if vectors else None,
     }
 
     def human() -> None:
@@ -482,8 +486,8 @@ def show(
         for key, value in stored.payload.items():
             if key not in ("item_id", "segments", "ocr_lines"):
                 out.print(f"[bold]{key:>18}[/]  {escape(str(value))}")
-        for name, v in (doc["vectors"] or {}).items():
-            out.print(f"[bold]{name:>18}[/]  dim={len(v)} head={[round(x, 4) for x in v[:4]]}")
+        for name, a in arrays.items() if vectors else ():
+            out.print(f"[bold]{name:>18}[/]  shape={a.shape} head={[round(float(x), 4) for x in a.ravel()[:4]]}")
 
     emit(doc, as_json, human)
 

@@ -171,6 +171,10 @@ class TextDeployment(_ModelDeployment):
         self.encode_query = batched(cfg.serve, self._encode_query)
         self._batch_handlers.append(self.encode_query)
 
+    async def encode_documents(self, texts: list[str]) -> np.ndarray:
+        """Document vectors for a list of texts in one call (moment candidates of a search's hits)."""
+        return await asyncio.to_thread(self._loaded().encode, texts, "document")
+
     def step(self, works: Sequence[Work]) -> None:
         text_step(self.model, works, self.cfg.text.transcript_max_chars)
 
@@ -212,10 +216,10 @@ class IndexWriter:
                     self._index = await asyncio.to_thread(self._open_now)
         return self._index
 
-    async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _run(self, _name: str, *args: Any, **kwargs: Any) -> Any:
         """Call a VectorIndex method in a worker thread (the engines block; reads may run concurrently)."""
         index = await self._open()
-        return await asyncio.to_thread(getattr(index, method), *args, **kwargs)
+        return await asyncio.to_thread(getattr(index, _name), *args, **kwargs)
 
     @asynccontextmanager
     async def _item_lock(self, item_id: str) -> AsyncIterator[None]:
@@ -261,7 +265,7 @@ class IndexWriter:
 
     async def get(self, item_id: str, with_vectors: bool) -> dict[str, Any]:
         stored = await self._run("get", item_id)
-        vectors = {k: [float(x) for x in v] for k, v in stored.vectors.items()} if with_vectors else None
+        vectors = {k: np.asarray(v).tolist() for k, v in stored.vectors.items()} if with_vectors else None
         return {"item_id": stored.item_id, "payload": stored.payload, "vectors": vectors}
 
     async def search(self, vector: np.ndarray, using: str, k: int, flt: SearchFilter) -> list[dict[str, Any]]:
@@ -283,6 +287,15 @@ class IndexWriter:
     async def search_like(self, item_id: str, using: str, k: int, flt: SearchFilter) -> list[dict[str, Any]]:
         hits = await self._run("search_like", item_id, using=using, k=k, flt=flt)
         return [h.to_json() for h in hits]
+
+    async def moment_inputs(self, item_ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+        """Full payloads (segments, OCR lines, frame times) and per-frame vectors of search hits."""
+        payloads = []
+        for i in item_ids:
+            stored = await self._run("get", i)
+            payloads.append({"item_id": i, **stored.payload})
+        frames = await self._run("frame_vectors", item_ids)
+        return payloads, frames
 
     async def count(self) -> int:
         return await self._run("count")

@@ -221,7 +221,7 @@ def catalogue(
         "bad-missing": ("decode", "not_found"),
         "bad-url": ("manifest", "bad_uri"),
         "bad-meta": ("manifest", "bad_metadata"),
-        "bad-long": ("validate", "caption_too_long"),
+        "bad-long": ("manifest", "caption_too_long"),  # build_item checks limits, as for an upload
         "bad-nothing": ("fuse", "no_content"),
         "": ("manifest", "bad_row"),
     }

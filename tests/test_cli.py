@@ -34,7 +34,7 @@ def test_embed_json_real_console_script(tmp_path: Path, clips: list[dict[str, An
     out = json.loads(proc.stdout)
     assert out["transcript"] and set(out["vectors"]) == {"caption", "transcript", "fused"}
     assert len(out["vectors"]["fused"]) == 512 + 3 * 384  # visual + caption, transcript, ocr blocks
-    assert set(out["models"]) == {"minilm-l6-v2", "whisper-tiny-en"}
+    assert set(out["models"]) == {"minilm-l6-v2", "whisper-tiny-en", "rapidocr-ppocrv4"}
     assert out["timings_ms"]["decode_ms"] > 0
     assert "MODEL UNAVAILABLE" in proc.stderr  # CLIP weights are absent: loud, not silent
 

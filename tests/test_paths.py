@@ -182,6 +182,15 @@ def paths(
 def test_same_vectors_on_every_path(paths: Paths) -> None:
     ref = paths.stored["cli"]
     assert any("ocr" in s.vectors for s in ref.values()) and any("transcript" in s.vectors for s in ref.values())
+    # Transcripts first: ASR `pack` mode shares one Whisper window between the clips of a batch, so a batch
+    # composition that differs by path shows here, word for word, before it shows as a vector mismatch.
+    said = {
+        (name, i, s.payload.get("transcript"))
+        for name, stored in paths.stored.items()
+        for i, s in stored.items()
+        if s.payload.get("transcript") != ref[i].payload.get("transcript")
+    }
+    assert not said, sorted(said) + sorted(("cli", i, ref[i].payload.get("transcript")) for _, i, _ in said)
     for name in ("http", "backfill"):
         for item_id, want in ref.items():
             got = paths.stored[name][item_id]

@@ -301,6 +301,13 @@ def test_upload_search_get_delete(service: Service, clips: list[dict[str, Any]],
     assert service.search(q, creator_id="nobody") == []
     assert service.search(q, creator_id=creator, exclude_ids=[row["item_id"]]) == []
 
+    moment = service.http.get("/v1/search", params={"q": q, "k": 1, "creator_id": creator, "moments": "true"})
+    m = moment.json()["hits"][0]["moment"]
+    assert m["source"] == "transcript" and "tomato" in m["text"].lower()
+    assert 0 <= m["start_s"] < m["end_s"] <= body["duration_s"] + 0.5
+    rrf = service.http.get("/v1/search", params={"q": q, "k": 3, "creator_id": creator, "fusion": "rrf"}).json()
+    assert rrf.get("using") == "rrf" and [h["item_id"] for h in rrf["hits"]] == [row["item_id"]], rrf
+
     again = _row_upload(service, row, creator=creator)
     assert again.status_code == 200 and again.json()["status"] == "replaced"
 

@@ -36,8 +36,6 @@ from serving.manifest import ManifestInfo, inspect_manifest, manifest_roots
 
 log = logging.getLogger(__name__)
 
-_NORMALIZE_BATCH = 256  # rows per resume check (one `admit` round trip)
-
 
 def _absolute(cfg: ReelvecConfig) -> ReelvecConfig:
     """Copy of cfg with every path absolute: Ray workers need not share the driver's working directory."""
@@ -69,11 +67,11 @@ def build_pipeline(
         strategy = ActorPoolStrategy(min_size=p.min_size, max_size=p.max_size)
         return {"compute": strategy, "num_cpus": p.num_cpus, **({"num_gpus": p.num_gpus} if p.num_gpus else {})}
 
-    ds = read_manifest(info, plan.cpu_task)
+    ds = read_manifest(info, plan.cpu_task, bf.batch_size)
     ds = ds.map_batches(
         normalize_batch,
         batch_format="pyarrow",
-        batch_size=_NORMALIZE_BATCH,
+        batch_size=None,  # one resume check (`admit` round trip) per block
         fn_kwargs={
             "base_dir": str(info.path.parent),
             "fmt": info.format,
@@ -83,10 +81,9 @@ def build_pipeline(
             "cfg": cfg,
         },
         num_cpus=plan.cpu_task,
+        # One normalize task at a time, in manifest order, so of rows sharing an id the first one is kept.
+        compute=TaskPoolStrategy(size=1),
     )
-    # A map task handles whole input blocks, so a one-block manifest would run the whole job in one decode
-    # actor, one batch after another; streaming repartition cuts it into batch-sized blocks that pipeline.
-    ds = ds.repartition(target_num_rows_per_block=bf.batch_size)
     ds = ds.map_batches(
         DecodeStage,
         fn_constructor_kwargs={"cfg": cfg, "keep_frames": models["clip"], "ocr_frames": models["ocr"]},

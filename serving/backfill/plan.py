@@ -20,7 +20,7 @@ from embedder.types import ConfigError
 CPU_TASK = 0.1  # read + normalize and write tasks
 CPU_DECODE = 0.25
 CPU_MODEL = 0.5
-TASK_SLOTS = 3  # read/normalize, repartition, write (2 concurrent write tasks share one slot's worth)
+TASK_SLOTS = 3  # read + normalize (fused into one task), and up to 2 concurrent write tasks
 # Below this per-actor reservation the plan no longer means anything: the cluster is full, not merely small.
 MIN_CPU_ACTOR = 0.05
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import pickle
 import time
 from dataclasses import replace
@@ -54,14 +55,17 @@ ROW_SCHEMA = pa.schema(
 _NO_FRAMES = np.zeros((0, 0, 0, 3), dtype=np.uint8)
 
 
-def read_manifest(info: ManifestInfo, num_cpus: float) -> Any:
+def read_manifest(info: ManifestInfo, num_cpus: float, rows_per_block: int) -> Any:
     """The manifest as a Ray Dataset of raw rows (JSONL stays one text column so mixed types cannot break it)."""
     import ray.data
 
     path = str(info.path)
     # Ray's readers filter by extension (read_parquet drops `.pq` otherwise): accept exactly this file's.
     # The same CPU request as the normalize stage lets Ray Data fuse read and normalize into one task.
-    opts = {"file_extensions": [info.path.suffix[1:]], "num_cpus": num_cpus}
+    # Blocks of about `rows_per_block` rows straight from the read, so decode batches pipeline through the stages
+    # (a streaming repartition would do it too, but its task reserves a whole CPU that a small cluster lacks).
+    blocks = max(1, math.ceil(info.rows / rows_per_block))
+    opts = {"file_extensions": [info.path.suffix[1:]], "num_cpus": num_cpus, "override_num_blocks": blocks}
     if info.format == "jsonl":
         return ray.data.read_text(path, drop_empty_lines=True, **opts)
     if info.format == "csv":

@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute, Match
 
 from embedder.config import ReelvecConfig, describe_errors
 from embedder.items import build_item, check_item_id
+from embedder.moments import find_moments, text_candidates
 from embedder.pipeline import Work, check_query, embedding_or_raise, embedding_spec, query_vectors
 from embedder.types import ItemEmbedding, ItemInput, ReelvecError, StoreError
 from index import SearchFilter
@@ -295,7 +296,8 @@ class Ingress:
     async def _read_form(self, request: Request, keyed: bool) -> UploadForm:
         """The multipart body under the body-reader gate (anonymous clients get their own, smaller pool)."""
         async with self.gates.body(keyed).hold():
-            return await read_form(request, self.cfg.limits, self.cfg.serve.body_timeout_s)
+            s = self.cfg.serve
+            return await read_form(request, self.cfg.limits, s.body_timeout_s, min_rate_kib_s=s.min_body_rate_kib_s)
 
     # ---- embedding ---------------------------------------------------------------------------------
 
@@ -428,7 +430,25 @@ class Ingress:
         flt = self._filter(params)
         vecs = await self._query(params.q)
         self.metrics.stage("query_encode", (time.perf_counter() - t0) * 1000)
-        return await self._search(vecs, params.using, self._fusion(params.fusion), params.k, flt, t0)
+        found = await self._search(vecs, params.using, self._fusion(params.fusion), params.k, flt, t0)
+        if params.moments and found.hits:
+            await self._moments(found, vecs)
+        return found
+
+    async def _moments(self, found: SearchResponse, vecs: dict[str, np.ndarray]) -> None:
+        """Add `moment` to every hit: the stored segments / OCR lines / frames scored by `find_moments`."""
+        payloads, frames = await self.writer.moment_inputs.remote([h["item_id"] for h in found.hits])
+        models = await self.models()
+
+        async def encode(texts: list[str]) -> np.ndarray:
+            return await self.handles["text"].encode_documents.remote(texts)
+
+        texts = [c.text for p in payloads for c in text_candidates(p)]
+        vectors = await encode(texts) if texts and models["text"].loaded else np.zeros((0, 1), np.float32)
+        it = iter([vectors])
+        moments = find_moments(payloads, vecs, lambda _t: next(it), frames)
+        for hit, moment in zip(found.hits, moments, strict=True):
+            hit["moment"] = moment.to_json() if moment is not None else None
 
     @api.post("/v1/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
     async def search_by(self, request: Request) -> SearchResponse:
@@ -438,7 +458,8 @@ class Ingress:
         ctype = request.headers.get("content-type", "").lower()
         if ctype.startswith("application/json"):
             async with self.gates.body(keyed).hold():
-                raw = await read_small_body(request, _JSON_BODY_BYTES, self.cfg.serve.body_timeout_s)
+                s = self.cfg.serve
+                raw = await read_small_body(request, _JSON_BODY_BYTES, s.body_timeout_s, s.min_body_rate_kib_s)
             req = _parse(SearchRequest, raw)
             for item_id in [*([req.like] if req.like is not None else []), *req.positive, *req.negative]:
                 self._item_id(request, item_id)

@@ -87,6 +87,7 @@ class SearchQuery(SearchFilters):
     k: int = Field(10, ge=1, le=100, description="How many hits.")
     using: Using = Field("fused", description="Which vector to search: fused or one modality.")
     fusion: Fusion | None = Field(None, description="With using=fused: vector, rrf or dbsf (default fusion.mode).")
+    moments: bool = Field(False, description="Per hit, where in the clip the query matches best (`moment`).")
 
     @model_validator(mode="before")
     @classmethod

@@ -49,22 +49,34 @@ def body_cap(limits: LimitsConfig) -> int:
     return limits.max_bytes + _FORM_OVERHEAD_BYTES + 4 * limits.max_caption_chars
 
 
-async def _capped(request: Request, cap: int, idle_timeout_s: float) -> AsyncIterator[bytes]:
+async def _capped(
+    request: Request, cap: int, idle_timeout_s: float, min_rate_kib_s: float = 64.0
+) -> AsyncIterator[bytes]:
     """The request body, refused with 413 as soon as it passes `cap` (the rest is never read) and with 408 when
-    the client sends nothing for `idle_timeout_s` (a slow or lying client never holds a slot for long)."""
+    the client sends nothing for `idle_timeout_s`, or has not sent it all by `idle_timeout_s` plus its size at
+    `min_rate_kib_s` (a client trickling a byte now and then cannot hold a slot either)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise MediaError("too_large", f"request body of {declared} bytes > {cap} (limits.max_bytes + form)")
+    size = int(declared) if declared is not None and declared.isdigit() else cap
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + idle_timeout_s + size / (min_rate_kib_s * 1024)
     seen = 0
     stream = request.stream().__aiter__()
     while True:
+        wait = min(idle_timeout_s, deadline - loop.time())
         try:
-            chunk = await asyncio.wait_for(stream.__anext__(), idle_timeout_s)
+            if wait <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(stream.__anext__(), wait)
         except StopAsyncIteration:
             return
         except TimeoutError:
             raise ApiError(
-                "body_timeout", f"no request body data for serve.body_timeout_s={idle_timeout_s} s", 408
+                "body_timeout",
+                f"request body too slow (serve.body_timeout_s={idle_timeout_s} s idle, "
+                f"serve.min_body_rate_kib_s={min_rate_kib_s} KiB/s)",
+                408,
             ) from None
         seen += len(chunk)
         if seen > cap:
@@ -81,13 +93,17 @@ class UploadForm:
     fields: dict[str, str]
 
 
-async def read_small_body(request: Request, cap: int, idle_timeout_s: float) -> bytes:
+async def read_small_body(request: Request, cap: int, idle_timeout_s: float, min_rate_kib_s: float = 64.0) -> bytes:
     """A small (JSON) body under the same size and time guards as uploads."""
-    return b"".join([chunk async for chunk in _capped(request, cap, idle_timeout_s)])
+    return b"".join([chunk async for chunk in _capped(request, cap, idle_timeout_s, min_rate_kib_s)])
 
 
 async def read_form(
-    request: Request, limits: LimitsConfig, idle_timeout_s: float, file_required: bool = True
+    request: Request,
+    limits: LimitsConfig,
+    idle_timeout_s: float,
+    file_required: bool = True,
+    min_rate_kib_s: float = 64.0,
 ) -> UploadForm:
     """Stream and parse a multipart form with at most one file; 415 unless multipart, 413 over the cap."""
     ctype = request.headers.get("content-type", "")
@@ -95,7 +111,7 @@ async def read_form(
         raise ApiError("unsupported_media_type", f"expected multipart/form-data, got {ctype or 'nothing'}", 415)
     parser = MultiPartParser(
         request.headers,
-        _capped(request, body_cap(limits), idle_timeout_s),
+        _capped(request, body_cap(limits), idle_timeout_s, min_rate_kib_s),
         max_files=1,
         max_fields=16,
         max_part_size=_FORM_OVERHEAD_BYTES + 4 * limits.max_caption_chars,
