@@ -122,8 +122,8 @@ def main() -> None:
 
     media = [decode_file(p, cfg.decode, cfg.limits) for p in paths]
     audio_s = sum(len(m.audio) / cfg.decode.audio_sample_rate for m in media if m.audio is not None)
-    assert emb.asr is not None
-    t_asr = median_time(lambda: [emb.asr.transcribe(m.audio) for m in media], args.repeats)
+    assert emb.models.asr is not None
+    t_asr = median_time(lambda: [emb.models.asr.transcribe(m.audio) for m in media], args.repeats)
     table.append(("ASR real-time factor", f"whisper tiny.en int8: {t_asr / audio_s:.3f}", "1.0 = real time", "-"))
 
     import open_clip
@@ -151,10 +151,10 @@ def main() -> None:
         )
     )
 
-    assert emb.text is not None
+    assert emb.models.text is not None
     texts = [r["caption"] or r["speech"] for r in rows] * 4
-    t_tb = median_time(lambda: emb.text.encode(texts), args.repeats)
-    t_t1 = median_time(lambda: [emb.text.encode([t]) for t in texts], args.repeats)
+    t_tb = median_time(lambda: emb.models.text.encode(texts), args.repeats)
+    t_t1 = median_time(lambda: [emb.models.text.encode([t]) for t in texts], args.repeats)
     table.append(
         (
             "text encodings/s (MiniLM)",

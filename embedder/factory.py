@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from embedder.asr import Transcriber
-from embedder.cards import ModelCard, load_card
+from embedder.cards import ModelCard, check_pinned, load_card
 from embedder.config import ModelsConfig, ReelvecConfig
 from embedder.encoders.clip import ClipEncoder
 from embedder.encoders.text import TextEncoder
@@ -57,6 +57,7 @@ def load_model(card_ref: str | Path, cfg: ReelvecConfig) -> Model:
     """Load the model a card names; `ModelUnavailableError` when its weights are absent."""
     card = load_card(card_ref, cfg.models.cards_dir)
     weights = card.resolve(cfg.models.models_dir)
+    check_pinned(card, weights)  # a card that pins a sha256 loads nothing else (digest cached by size + mtime)
     device = resolve_device(cfg.models)
     if cfg.models.torch_threads:
         torch.set_num_threads(cfg.models.torch_threads)

@@ -25,6 +25,7 @@ from embedder.decode import Decoder
 from embedder.fingerprint import FINGERPRINT_VERSION, fingerprint
 from embedder.fusion import fuse, fused_dim
 from embedder.items import validate_item
+from embedder.moments import Moment, find_moments
 from embedder.types import (
     FUSED,
     MODALITIES,
@@ -477,6 +478,14 @@ class ItemEmbedder:
         visual = m.clip.encode_text([text])[0] if m.clip is not None else None
         textual = m.text.encode([text], kind="query")[0] if m.text is not None else None
         return query_vectors(self.spec, visual, textual)
+
+    def moments(
+        self, query: dict[str, np.ndarray], payloads: list[dict[str, Any]], frames: dict[str, np.ndarray]
+    ) -> list[Moment | None]:
+        """Where in each hit (its stored payload with `item_id`) the query matches best (`embedder.moments`)."""
+        text = self.models.text
+        encode = (lambda t: text.encode(t, kind="document")) if text is not None else (lambda t: np.zeros((0, 1)))
+        return find_moments(payloads, query, encode, frames)
 
     def close(self) -> None:
         self.decoder.close()

@@ -33,7 +33,13 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Config Y
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 # Result size, vector and filters shared by `search` and `recommend`.
 KOpt = Annotated[int, typer.Option("-k", help="Number of results.")]
-UsingOpt = Annotated[str, typer.Option(help="Vector to compare: fused, visual, caption or transcript.")]
+UsingOpt = Annotated[str, typer.Option(help="Vector to compare: fused, visual, caption, transcript or ocr.")]
+FusionOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With --using fused: vector (the fused vector), rrf or dbsf (Qdrant late fusion); default fusion.mode."
+    ),
+]
 CreatorOpt = Annotated[str | None, typer.Option(help="Only this creator id.")]
 LanguageOpt = Annotated[str | None, typer.Option(help="Only this transcript language.")]
 SinceOpt = Annotated[str | None, typer.Option(help="Created at or after this (inclusive; ISO date or datetime).")]
@@ -250,18 +256,40 @@ def _ids(values: list[str] | None) -> list[str]:
     return [i.strip() for v in values or [] for i in v.split(",") if i.strip()]
 
 
-def _print_hits(hits: list[Any], as_json: bool, title: str) -> None:
+def _print_hits(hits: list[Any], as_json: bool, title: str, moments: list[Any] | None = None) -> None:
+    rows = [h.to_json() for h in hits]
+    if moments is not None:
+        for row, m in zip(rows, moments, strict=True):
+            row["moment"] = m.to_json() if m is not None else None
+
     def human() -> None:
         from rich.table import Table
 
         t = Table("score", "item id", "caption", "creator", "created", title=title)
-        for h in hits:
+        if moments is not None:
+            t.add_column("moment")
+        for row, h in zip(rows, hits, strict=True):
             cap = (h.payload.get("caption") or "").strip() or "[dim](no caption)[/]"
             created = str(h.payload.get("created_at") or "")[:10]
-            t.add_row(f"{h.score:.4f}", h.item_id, cap[:60], str(h.payload.get("creator_id") or ""), created)
+            cells = [f"{h.score:.4f}", h.item_id, escape(cap[:60]), str(h.payload.get("creator_id") or ""), created]
+            if moments is not None:
+                m = row["moment"]
+                cells.append(
+                    "-"
+                    if m is None
+                    else f"{m['start_s']:.1f}-{m['end_s']:.1f}s {m['source']}: {escape(m['text'][:40])}"
+                )
+            t.add_row(*cells)
         out.print(t)
 
-    emit([h.to_json() for h in hits], as_json, human)
+    emit(rows, as_json, human)
+
+
+def _fusion(cfg: ReelvecConfig, given: str | None) -> str:
+    fusion = given or cfg.fusion.mode
+    if fusion not in ("vector", "rrf", "dbsf"):
+        raise StoreError("bad_query", f"--fusion must be vector, rrf or dbsf, got {fusion!r}")
+    return fusion
 
 
 def collect_items(
@@ -389,12 +417,14 @@ def search(
     since: SinceOpt = None,
     until: UntilOpt = None,
     exclude: ExcludeOpt = None,
+    fusion: FusionOpt = None,
+    moments: Annotated[bool, typer.Option("--moments", help="Per hit, where in the clip the text matches.")] = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search by text (CLIP text tower + text encoder, fused), by a video, or more-like-this an item."""
+    from embedder.items import build_item
     from embedder.pipeline import ItemEmbedder
-    from embedder.types import ItemInput
 
     with cli_errors(as_json):
         modes = [m for m in (text is not None, video is not None, like is not None) if m]
@@ -404,11 +434,16 @@ def search(
             raise StoreError("bad_query", "query text is empty")
         _check_k(k)
         cfg = get_config(config)
+        mode = _fusion(cfg, fusion)
+        late = mode if using == "fused" and mode != "vector" else None
+        if moments and text is None:
+            raise StoreError("bad_query", "--moments applies to a TEXT query")
         flt = _filter(creator, language, since, until, exclude)
         index = _open_index(cfg, create=False)
+        found_moments = None
         try:
             if like is not None:
-                hits = index.search_like(like, using=using, k=k, flt=flt)
+                hits = index.search_like(like, using=using, k=k, flt=flt, fusion=late)
                 title = f"more like {like}"
             else:
                 emb = ItemEmbedder(cfg)
@@ -417,16 +452,25 @@ def search(
                         vectors = emb.encode_query(text)
                         title = f"search: {text}"
                     else:
-                        vectors = emb.embed(ItemInput(item_id="query", media=str(video))).vectors
+                        vectors = emb.embed(build_item("query", str(video), cfg.limits)).vectors
                         title = f"search by video: {video}"
+                    if late is not None:
+                        hits = index.search_multi({m: v for m, v in vectors.items() if m != "fused"}, k, flt, late)
+                    elif using not in vectors:
+                        raise StoreError("bad_query", f"the query has no {using!r} vector (is its model unavailable?)")
+                    else:
+                        hits = index.search(vectors[using], using=using, k=k, flt=flt)
+                    if moments:
+                        found_moments = emb.moments(
+                            vectors,
+                            [{**index.get(h.item_id).payload} for h in hits],
+                            index.frame_vectors([h.item_id for h in hits]),
+                        )
                 finally:
                     emb.close()
-                if using not in vectors:
-                    raise StoreError("bad_query", f"the query has no {using!r} vector (is its model unavailable?)")
-                hits = index.search(vectors[using], using=using, k=k, flt=flt)
         finally:
             index.close()
-    _print_hits(hits, as_json, title)
+    _print_hits(hits, as_json, title, found_moments)
 
 
 @app.command()
@@ -440,6 +484,7 @@ def recommend(
     since: SinceOpt = None,
     until: UntilOpt = None,
     exclude: ExcludeOpt = None,
+    fusion: FusionOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -452,7 +497,9 @@ def recommend(
         cfg = get_config(config)
         flt = _filter(creator, language, since, until, exclude)
         with _open_index(cfg, create=False) as index:
-            hits = index.recommend(pos, neg, using=using, k=k, flt=flt)
+            mode = _fusion(cfg, fusion)
+            late = mode if using == "fused" and mode != "vector" else None
+            hits = index.recommend(pos, neg, using=using, k=k, flt=flt, fusion=late)
     _print_hits(hits, as_json, f"recommend for +{','.join(pos)}" + (f" -{','.join(neg)}" if neg else ""))
 
 
@@ -490,6 +537,109 @@ def show(
             out.print(f"[bold]{name:>18}[/]  shape={a.shape} head={[round(float(x), 4) for x in a.ravel()[:4]]}")
 
     emit(doc, as_json, human)
+
+
+@app.command()
+def dups(
+    threshold: Annotated[float | None, typer.Option(help="Fingerprint similarity (default dedup.threshold).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List groups of re-uploads in the index (perceptual fingerprints, MaxSim ≥ threshold)."""
+    with cli_errors(as_json):
+        cfg = get_config(config)
+        limit = cfg.dedup.threshold if threshold is None else threshold
+        if not 0 <= limit <= 1:
+            raise StoreError("bad_query", "--threshold must be within 0..1")
+        with _open_index(cfg, create=False) as index:
+            groups = index.duplicate_groups(limit)
+
+    def human() -> None:
+        out.print(f"{len(groups)} duplicate group(s) at threshold {limit:.2f}")
+        for g in groups:
+            out.print("  " + ", ".join(escape(i) for i in g))
+
+    emit({"threshold": limit, "groups": groups}, as_json, human)
+
+
+semantic_app = typer.Typer(no_args_is_help=True, help="Semantic IDs: residual-quantization codes of items.")
+app.add_typer(semantic_app, name="semantic-ids")
+
+
+@semantic_app.command("fit")
+def semantic_fit(
+    levels: Annotated[int | None, typer.Option(help="Code levels (default semantic_ids.levels).")] = None,
+    codebook: Annotated[int | None, typer.Option(help="Codes per level (default semantic_ids.codebook_size).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit codebooks on the stored fused vectors, save them with the schema version, and code every item."""
+    from serving.semantic import fit_index
+
+    with cli_errors(as_json):
+        cfg = get_config(config)
+        lv = cfg.semantic_ids.levels if levels is None else levels
+        cb = cfg.semantic_ids.codebook_size if codebook is None else codebook
+        if lv < 1 or cb < 2:
+            raise StoreError("bad_query", "--levels must be >= 1 and --codebook >= 2")
+        with _open_index(cfg, create=False) as index:
+            report = fit_index(cfg, index, _spec(cfg).schema_version, lv, cb)
+
+    def human() -> None:
+        out.print(
+            f"fitted {report['levels']} level(s), codebooks {report['codebook_sizes']} on {report['items']} items"
+        )
+        if "prefix_purity" in report:
+            out.print(f"prefix purity by depth (items' `topic` attribute): {report['prefix_purity']}")
+
+    emit(report, as_json, human)
+
+
+@semantic_app.command("assign")
+def semantic_assign(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Write `semantic_id` into every stored item with the fitted codebooks (after a fit or a backfill)."""
+    from serving.semantic import assign_all, load_model
+
+    with cli_errors(as_json):
+        cfg = get_config(config)
+        with _open_index(cfg, create=False) as index:
+            model = load_model(cfg, index.collection, _spec(cfg).schema_version)
+            if model is None:
+                raise ConfigError(
+                    "semantic_ids_missing", "no codebooks for this version: run `reelvec semantic-ids fit`"
+                )
+            n = assign_all(index, model)
+    emit({"assigned": n}, as_json, lambda: out.print(f"assigned semantic ids to {n} item(s)"))
+
+
+@app.command("eval")
+def evaluate_cmd(
+    version: Annotated[str | None, typer.Option(help="Index version to score (default: the alias's).")] = None,
+    queries: Annotated[Path | None, typer.Option(help="JSONL of {query, expected} (default eval.queries).")] = None,
+    k: Annotated[int | None, typer.Option("-k", help="Recall@k (default eval.k).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recall@k of the evaluation queries against one index version (the quality gate's measure)."""
+    from embedder.pipeline import ItemEmbedder
+    from serving.evaluation import evaluate, load_queries
+
+    with cli_errors(as_json):
+        cfg = get_config(config)
+        qs = load_queries(queries or cfg.eval.queries)
+        kk = cfg.eval.k if k is None else k
+        _check_k(kk)
+        with _open_index(cfg, create=False, version=version) as index:
+            emb = ItemEmbedder(cfg)
+            try:
+                result = evaluate(index, emb.encode_query, qs, kk)
+            finally:
+                emb.close()
+
+    def human() -> None:
+        out.print(f"version {result.version}: Recall@{result.k} = {result.recall:.3f} over {len(qs)} queries")
+
+    emit(result.to_json(), as_json, human)
 
 
 @app.command()

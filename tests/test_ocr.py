@@ -209,7 +209,7 @@ def test_tampered_weights_fail_verify_and_load(session_cfg: ReelvecConfig, tmp_p
     assert st.verified is False and card.files[0].path in st.detail
     assert sha256_file(det) != card.files[0].sha256
 
-    det.write_bytes(bytes(data[: len(data) // 3]))  # a truncated download no longer parses
+    det.write_bytes(bytes(data[: len(data) // 3]))  # a truncated download: refused before it is parsed
     with pytest.raises(ModelUnavailableError) as e:
         load_model(path, session_cfg)
-    assert e.value.reason == "corrupt" and str(tmp_path) not in e.value.detail
+    assert e.value.reason == "sha256_mismatch" and str(tmp_path) not in e.value.detail
