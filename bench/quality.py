@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results import command, publish  # noqa: E402
-from embedder.config import FusionConfig, load_config  # noqa: E402
+from embedder.config import FusionConfig, IndexConfig, load_config  # noqa: E402
 from embedder.fusion import fuse  # noqa: E402
 from embedder.pipeline import EmbeddingSpec, ItemEmbedder  # noqa: E402
 from embedder.types import FUSED, MODALITIES, ItemEmbedding  # noqa: E402
@@ -151,6 +151,25 @@ def index_rows(
     return rows
 
 
+def recommend_pairs(topic: dict[str, str]) -> list[tuple[list[str], str, set[str]]]:
+    """(two likes of a topic, one dislike of another, the topic's other items) for every combination."""
+    out = []
+    for t in sorted(set(topic.values())):
+        same = [i for i in topic if topic[i] == t]
+        for likes in itertools.combinations(same, 2):
+            out += [(list(likes), d, set(same) - set(likes)) for d in topic if topic[d] != t]
+    return out
+
+
+def recommend_precision(index: VectorIndex, topic: dict[str, str]) -> float:
+    """Mean share of the likes' topic-mates in the top len(mates) recommendations."""
+    scores = []
+    for likes, dislike, mates in recommend_pairs(topic):
+        hits = index.recommend(likes, [dislike], k=len(mates))
+        scores.append(len(mates & {h.item_id for h in hits}) / len(mates))
+    return sum(scores) / len(scores)
+
+
 def _ex(ids: list[str]) -> SearchFilter | None:
     return SearchFilter(exclude_ids=ids) if ids else None
 
@@ -192,6 +211,11 @@ def main() -> None:
             report = index.upsert(embedded)
             assert not report.failed, report.failed
             rows_test = index_rows(index, embedded, qv_test, test, topic)
+        rec = {}
+        for strategy in ("sum_scores", "best_score"):
+            rcfg = cfg.index.model_copy(update={"recommend_strategy": strategy})
+            with open_index(rcfg, spec.dims, spec.schema_version) as index:
+                rec[strategy] = recommend_precision(index, topic)
         rows_test["fused (tuned weights)"] = score_weights(tuned_w, embedded, qv_test, test, spec, topic)
     singles = {m: rows_test[m] for m in MODALITIES if m in rows_test}
     baseline = {k: max(r[k] for r in singles.values()) for k in ("R@1", "R@5", "nDCG@10", "P@3")}
@@ -221,6 +245,12 @@ def main() -> None:
         f"{sum(dev_default.values()) / 4:.3f} ({', '.join(f'{m} {w:.2f}' for m, w in default_w.items())}; "
         f"FusionConfig default {FusionConfig().weights}).\n",
     ]
+    lines.append(
+        "Cold-start recommend (fused; 2 likes from one topic + 1 dislike from another, every combination, "
+        f"{len(recommend_pairs(topic))} queries): share of the likes' topic-mates in the top |mates| — "
+        + " · ".join(f"{k} {v:.3f}" for k, v in rec.items())
+        + f" (`index.recommend_strategy`; default {IndexConfig().recommend_strategy}).\n"
+    )
     publish("quality", "\n".join(lines), write=not args.no_write)
 
 

@@ -138,7 +138,7 @@ class FusionConfig(_Section):
 
     weights: dict[str, float] = Field(
         # Text weights tuned on the dev split by bench/quality.py (visual keeps its share: no CLIP offline).
-        default_factory=lambda: {"visual": 0.4, "caption": 0.2, "transcript": 0.3, "ocr": 0.1}
+        default_factory=lambda: {"visual": 0.4, "caption": 0.22, "transcript": 0.22, "ocr": 0.16}
     )
     # How a search combines modalities by default: the fused vector, or Qdrant's RRF / DBSF over one
     # prefetch per modality (late fusion).

@@ -265,13 +265,15 @@ def _print_hits(hits: list[Any], as_json: bool, title: str, moments: list[Any] |
     def human() -> None:
         from rich.table import Table
 
-        t = Table("score", "item id", "caption", "creator", "created", title=title)
+        t = Table("score", "item id", "caption", "modalities", "creator", "created", title=title)
         if moments is not None:
             t.add_column("moment")
         for row, h in zip(rows, hits, strict=True):
             cap = (h.payload.get("caption") or "").strip() or "[dim](no caption)[/]"
             created = str(h.payload.get("created_at") or "")[:10]
-            cells = [f"{h.score:.4f}", h.item_id, escape(cap[:60]), str(h.payload.get("creator_id") or ""), created]
+            mods = ",".join(h.payload.get("modalities") or [])
+            creator = str(h.payload.get("creator_id") or "")
+            cells = [f"{h.score:.4f}", escape(h.item_id), escape(cap[:50]), mods, escape(creator), created]
             if moments is not None:
                 m = row["moment"]
                 cells.append(
