@@ -795,26 +795,42 @@ def backfill(
     force: Annotated[bool, typer.Option(help="Re-embed items already indexed with this schema version.")] = False,
     target_version: Annotated[str | None, typer.Option(help="Write into this versioned collection.")] = None,
     swap_alias: Annotated[bool, typer.Option(help="Point the alias at the target version after success.")] = False,
-    address: Annotated[str | None, typer.Option(help="Existing Ray cluster (ray://host:10001).")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Existing Ray cluster's GCS address HEAD:6379 (ray:// is refused; use --submit).")
+    ] = None,
+    submit: Annotated[
+        str | None, typer.Option(help="Run as a Ray Job through the dashboard at this URL, e.g. http://HEAD:8265.")
+    ] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """(Re-)embed every row of a manifest with Ray Data; resumable, with a failure ledger."""
-    from serving.backfill import run_backfill
+    from serving.backfill import BackfillReport, run_backfill
 
     with cli_errors(as_json):
         cfg = get_config(config)
-        report = run_backfill(
-            cfg,
-            manifest,
-            ledger=ledger,
-            max_failures=max_failures,
-            force=force,
-            target_version=target_version,
-            swap_alias=swap_alias,
-            address=address or cfg.serve.ray_address,
-            progress=not as_json,
-        )
+        if submit:
+            from serving.backfill.submit import backfill_args, submit_backfill
+
+            args = backfill_args(ledger, max_failures, force, target_version, swap_alias, config)
+            outcome = submit_backfill(submit, manifest, args, echo=None if as_json else err.file.write)
+            if outcome.report is None:
+                raise ReelvecError(
+                    "backfill_failed", f"Ray Job {outcome.job_id} ended {outcome.status} without a report"
+                )
+            report = BackfillReport.from_json(outcome.report)
+        else:
+            report = run_backfill(
+                cfg,
+                manifest,
+                ledger=ledger,
+                max_failures=max_failures,
+                force=force,
+                target_version=target_version,
+                swap_alias=swap_alias,
+                address=address or cfg.serve.ray_address,
+                progress=not as_json,
+            )
     emit(report.to_json(), as_json, lambda: out.print(report.render()))
     raise typer.Exit(report.exit_code)
 

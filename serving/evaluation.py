@@ -77,9 +77,14 @@ def load_queries(path: Path | None) -> list[EvalQuery]:
 
 def evaluate(index: Any, encode: QueryEncoder, queries: list[EvalQuery], k: int) -> EvalResult:
     """Search every query's fused vector in `index` and score Recall@k."""
+    return evaluate_vectors(index, [encode(q.query)["fused"] for q in queries], queries, k)
+
+
+def evaluate_vectors(index: Any, fused: list[np.ndarray], queries: list[EvalQuery], k: int) -> EvalResult:
+    """Recall@k of already-encoded queries (the backfill encodes once and scores two versions)."""
     per_query, total = [], 0.0
-    for q in queries:
-        hits = [h.item_id for h in index.search(encode(q.query)["fused"], using="fused", k=k)]
+    for q, vec in zip(queries, fused, strict=True):
+        hits = [h.item_id for h in index.search(vec, using="fused", k=k)]
         got = len(set(hits) & set(q.expected)) / min(k, len(q.expected))
         total += got
         per_query.append({"query": q.query, "recall": round(got, 4), "top": hits})

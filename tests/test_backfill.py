@@ -553,3 +553,34 @@ def test_ledger_details_are_operator_facing() -> None:
     tb = 'Traceback (most recent call last):\n  File "/srv/x.py", line 3, in f\nValueError: boom'
     assert "srv" not in clean_detail(tb) and "Traceback" not in clean_detail(tb)
     assert len(clean_detail("x" * 5000)) == 300 and clean_detail("two\nlines") == "two"
+
+
+def test_quality_gate_refuses_a_worse_version_and_swaps_a_good_one(
+    ray_cluster: dict[str, Any], tmp_path: Path, clips: list[dict[str, Any]]
+) -> None:
+    """--swap-alias runs eval.queries on the new and the live version: a version made worse on purpose (the
+    transcript modality switched off, so speech-only clips cannot be found) is refused; a good one swaps."""
+    from index import active_version
+
+    chosen = [c for c in clips if c["item_id"] in ("cooking_01", "space_04", "ocean_04", "soccer_04")]
+    manifest = _write_jsonl(tmp_path / "m.jsonl", [_good_row(c, tmp_path) for c in chosen])
+    queries = _write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {"query": "a telescope shows the rings of saturn", "expected": ["space_04"]},
+            {"query": "seagulls over the water as the tide comes in", "expected": ["ocean_04"]},
+            {"query": "fans cheering in a football stadium", "expected": ["soccer_04"]},
+        ],
+    )
+    env = {**FAST, "REELVEC__BACKFILL__ALLOWED_ROOTS": roots(tmp_path), "REELVEC__EVAL__QUERIES": str(queries)}
+    good_cfg = make_config(tmp_path / "data", **env, REELVEC__EVAL__K="1")
+    good = run_backfill(good_cfg, manifest, target_version="v-good", swap_alias=True, progress=False)
+    assert good.swapped and good.gate is not None and good.gate["new_recall"] == 1.0, good.gate
+    assert active_version(good_cfg.index) == "v-good"
+
+    bad_cfg = make_config(tmp_path / "data", **env, REELVEC__EVAL__K="1", REELVEC__TEXT__TRANSCRIPT_MAX_CHARS="0")
+    bad = run_backfill(bad_cfg, manifest, target_version="v-bad", swap_alias=True, max_failures=10, progress=False)
+    assert bad.exit_code == 0 and bad.failed == 3  # the speech-only clips have nothing left to embed
+    assert not bad.swapped and bad.gate is not None and not bad.gate["swap"], bad.gate
+    assert bad.gate["live_version"] == "v-good" and bad.gate["new_recall"] < bad.gate["live_recall"] == 1.0
+    assert active_version(bad_cfg.index) == "v-good"

@@ -809,3 +809,18 @@ def test_edge_open_restores_a_shard_left_aside_by_an_interrupted_swap(tmp_path: 
     live.rename(live.with_name(f".reelvec__v1{PRE_OPTIMIZE_SUFFIX}"))  # a crash between the two renames
     with open_index(_edge(tmp_path), DIMS, "v1", create=False) as index:
         assert index.existing(["kept"]) == {"kept"}
+
+
+def test_existing_redoes_items_embedded_without_a_model_available_now(backend: Backend) -> None:
+    """Resume check (issue 2/4 item 5): an item stored while the OCR card was unavailable is not 'done' once
+    OCR is available; one embedded with every model is."""
+    index = backend.open()
+    rng = np.random.default_rng(21)
+    without_ocr = make_item("no-ocr", 0, rng)
+    without_ocr.models_unavailable = ["rapidocr-ppocrv4"]
+    complete = make_item("complete", 1, rng)
+    index.upsert([without_ocr, complete])
+    ids = ["no-ocr", "complete"]
+    assert index.existing(ids, require_models=["rapidocr-ppocrv4", "minilm-l6-v2"]) == {"complete"}
+    assert index.existing(ids, require_models=["minilm-l6-v2"]) == set(ids)  # OCR still off: nothing to redo
+    assert index.get("no-ocr").payload["models_unavailable"] == ["rapidocr-ppocrv4"]

@@ -143,6 +143,41 @@ def _address() -> str:
     return str(ray.get_runtime_context().gcs_address)
 
 
+def _quality_gate(cfg: ReelvecConfig, spec: EmbeddingSpec, writer: Any, report: BackfillReport) -> bool:
+    """Recall@k of `eval.queries` on the new version vs. the live one; True when the alias may move."""
+    from embedder.pipeline import Models, query_vectors
+    from serving.evaluation import gate, load_queries
+
+    if cfg.eval.queries is None:
+        log.warning("eval.queries is not set: the alias swap is not quality-gated")
+        report.gate = {"swap": True, "reason": "not gated: eval.queries is not set"}
+        return True
+    queries = load_queries(cfg.eval.queries)
+    models = Models.load(cfg, roles=("clip", "text"))
+    fused = []
+    for q in queries:
+        visual = models.clip.encode_text([q.query])[0] if models.clip is not None else None
+        text = models.text.encode([q.query], kind="query")[0] if models.text is not None else None
+        fused.append(query_vectors(spec, visual, text)["fused"])
+    new = call(writer.evaluate.remote(fused, queries, cfg.eval.k, None))
+    live_version = call(writer.alias.remote())
+    live = None
+    if live_version is not None and live_version != report.version:
+        live = call(writer.evaluate.remote(fused, queries, cfg.eval.k, live_version))
+    decision = gate(new, live, cfg.eval.max_drop)
+    report.gate = {
+        "swap": decision.swap,
+        "reason": decision.reason,
+        "k": cfg.eval.k,
+        "new_recall": round(new.recall, 4),
+        "live_version": live_version,
+        "live_recall": None if live is None else round(live.recall, 4),
+    }
+    if not decision.swap:
+        log.warning("alias NOT swapped by the quality gate: %s", decision.reason)
+    return decision.swap
+
+
 def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -258,12 +293,16 @@ def run_backfill(
         report.index_count = call(writer.count.remote())
         report.failures = dict(failures)
         report.stage_s = {k: v / 1000 for k, v in stage_ms.items()}
+        report.duplicates = {
+            i: {"duplicate_of": orig, "duplicate_score": score}
+            for i, (orig, score) in call(writer.duplicates.remote()).items()
+        }
         if swap_alias:
-            if report.exit_code == 0:
+            if report.exit_code != 0:
+                log.warning("alias NOT swapped: %d failures > max_failures=%d", report.failed, report.max_failures)
+            elif _quality_gate(cfg, spec, writer, report):
                 call(writer.swap_alias.remote())
                 report.swapped = True
-            else:
-                log.warning("alias NOT swapped: %d failures > max_failures=%d", report.failed, report.max_failures)
         report.alias_version = call(writer.alias.remote())
     finally:
         if bar is not None:

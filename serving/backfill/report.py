@@ -27,6 +27,8 @@ class BackfillReport:
     alias_version: str | None = None
     swapped: bool = False
     unavailable_models: list[str] = field(default_factory=list)
+    duplicates: dict[str, Any] = field(default_factory=dict)  # item id -> {duplicate_of, duplicate_score}
+    gate: dict[str, Any] | None = None  # the quality gate's decision on --swap-alias (serving.evaluation)
 
     @property
     def items_per_s(self) -> float:
@@ -57,6 +59,8 @@ class BackfillReport:
             "alias_version": self.alias_version,
             "swapped": self.swapped,
             "unavailable_models": self.unavailable_models,
+            "duplicates": self.duplicates,
+            "gate": self.gate,
             "exit_code": self.exit_code,
         }
 
@@ -82,6 +86,10 @@ class BackfillReport:
         info.add_row("version", f"{self.version} (schema {self.schema_version})")
         alias = f"{self.alias_version}" + (" (swapped by this run)" if self.swapped else "")
         info.add_row("alias", alias)
+        if self.gate is not None:
+            info.add_row("quality gate", f"{'swap' if self.gate.get('swap') else 'REFUSED'}: {self.gate['reason']}")
+        if self.duplicates:
+            info.add_row("re-uploads", ", ".join(f"{i} → {d['duplicate_of']}" for i, d in self.duplicates.items()))
         info.add_row("index count", str(self.index_count))
         if self.failed:
             info.add_row("ledger", f"{self.ledger} (max failures {self.max_failures})")

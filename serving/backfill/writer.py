@@ -53,6 +53,8 @@ class BackfillWriter:
         self.schema_version = schema_version
         self.available = available or []  # card ids loadable now: a stored item embedded without one is redone
         self.claimed: set[str] = set()
+        self.found_duplicates: dict[str, tuple[str, float]] = {}
+        self.dims = dims
         # Kept and raised by `version()`: an error raised here would reach the driver as an opaque ActorDiedError.
         self.error: ReelvecError | None = None
         deadline = time.monotonic() + cfg.index.timeout_s
@@ -87,16 +89,10 @@ class BackfillWriter:
         self.claimed.update(fresh)
         if force or not fresh:
             return duplicates, []
-        done = self.index.existing(fresh, self.schema_version if self.check_schema else None)
-        return duplicates, sorted(self._complete(done))
-
-    def _complete(self, done: set[str]) -> set[str]:
-        """The stored ids whose payload records every model available now (others are redone with them)."""
-        if not done or not self.available:
-            return done
-        need = set(self.available)
-        # One payload read per already-stored id, only on resume; VectorIndex.existing has no model filter.
-        return {i for i in done if need <= set(self.index.get(i).payload.get("models") or {})}
+        done = self.index.existing(
+            fresh, self.schema_version if self.check_schema else None, require_models=self.available
+        )
+        return duplicates, sorted(done)
 
     def upsert(self, items: list[ItemEmbedding]) -> list[tuple[str, str, str]]:
         """Write one batch (flushed by the index); returns (item_id, reason, detail) for items it refused."""
@@ -105,6 +101,7 @@ class BackfillWriter:
 
             self.semantic = load_model(self.cfg, self.index.collection, self.schema_version)
         report = self.index.ingest(items, self.cfg.dedup, self.semantic)
+        self.found_duplicates.update(report.duplicates)
         return [(f.item_id, f.reason, f.detail) for f in report.failed + report.refused]
 
     def count(self) -> int:
@@ -112,6 +109,20 @@ class BackfillWriter:
 
     def optimize(self) -> None:
         self.index.optimize()
+
+    def evaluate(self, fused: list[Any], queries: list[Any], k: int, version: str | None) -> Any:
+        """Recall@k of encoded queries against `version` (None: the version this writer fills)."""
+        from index import open_index
+        from serving.evaluation import evaluate_vectors
+
+        if version is None or version == self.index.version:
+            return evaluate_vectors(self.index, fused, queries, k)
+        with open_index(self.cfg.index, self.dims, self.schema_version, version=version, create=False) as other:
+            return evaluate_vectors(other, fused, queries, k)
+
+    def duplicates(self) -> dict[str, tuple[str, float]]:
+        """Re-uploads this run flagged (item id → the stored original and its similarity)."""
+        return dict(self.found_duplicates)
 
     def swap_alias(self) -> None:
         from index import set_active_version
