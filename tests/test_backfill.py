@@ -560,10 +560,17 @@ def test_quality_gate_refuses_a_worse_version_and_swaps_a_good_one(
 ) -> None:
     """--swap-alias runs eval.queries on the new and the live version: a version made worse on purpose (the
     transcript modality switched off, so speech-only clips cannot be found) is refused; a good one swaps."""
+    import sys
+
     from index import active_version
 
+    sys.path.insert(0, str(SAMPLES))
+    from variants import make_variants
+
     chosen = [c for c in clips if c["item_id"] in ("cooking_01", "space_04", "ocean_04", "soccer_04")]
-    manifest = _write_jsonl(tmp_path / "m.jsonl", [_good_row(c, tmp_path) for c in chosen])
+    trimmed = make_variants(Path(chosen[0]["path"]), tmp_path / "variants")["trim"]
+    reupload = {"item_id": "reupload", "uri": str(trimmed), "caption": "a new caption"}
+    manifest = _write_jsonl(tmp_path / "m.jsonl", [*(_good_row(c, tmp_path) for c in chosen), reupload])
     queries = _write_jsonl(
         tmp_path / "q.jsonl",
         [
@@ -576,6 +583,7 @@ def test_quality_gate_refuses_a_worse_version_and_swaps_a_good_one(
     good_cfg = make_config(tmp_path / "data", **env, REELVEC__EVAL__K="1")
     good = run_backfill(good_cfg, manifest, target_version="v-good", swap_alias=True, progress=False)
     assert good.swapped and good.gate is not None and good.gate["new_recall"] == 1.0, good.gate
+    assert good.duplicates["reupload"]["duplicate_of"] == "cooking_01"  # the re-upload check, backfill path
     assert active_version(good_cfg.index) == "v-good"
 
     bad_cfg = make_config(tmp_path / "data", **env, REELVEC__EVAL__K="1", REELVEC__TEXT__TRANSCRIPT_MAX_CHARS="0")

@@ -26,7 +26,7 @@ from embedder.config import ReelvecConfig
 from embedder.pipeline import ItemEmbedder, Work, embedding_spec
 from embedder.types import FUSED, DecodedMedia, ItemInput, MediaError, ModelUnavailableError, Probe, StoreError
 from serving.http.errors import ApiError, error_headers, status_for
-from tests.conftest import free_port, make_config
+from tests.conftest import SAMPLES, free_port, make_config
 
 API_KEY = "test-key-123"
 AUTH = {"X-API-Key": API_KEY}
@@ -272,7 +272,9 @@ def test_auth_required_for_compute_and_stored_content(service: Service) -> None:
     assert service.anon.get("/healthz").status_code == 200 and service.anon.get("/readyz").status_code == 200
 
 
-def test_upload_search_get_delete(service: Service, clips: list[dict[str, Any]], lib: ItemEmbedder) -> None:
+def test_upload_search_get_delete(
+    service: Service, clips: list[dict[str, Any]], lib: ItemEmbedder, tmp_path: Path
+) -> None:
     """The full lifecycle with every modality (tiny CLIP → visual): online vectors equal the library's."""
     row = next(r for r in clips if r["item_id"] == "cooking_01")
     creator = "creator_lifecycle"
@@ -300,6 +302,18 @@ def test_upload_search_get_delete(service: Service, clips: list[dict[str, Any]],
     assert visual["hits"][0]["score"] == pytest.approx(float(query["visual"] @ item.vectors["visual"]), abs=1e-3)
     assert service.search(q, creator_id="nobody") == []
     assert service.search(q, creator_id=creator, exclude_ids=[row["item_id"]]) == []
+
+    # a re-encoded, trimmed copy under a new id: stored, and flagged as a re-upload of the original
+    import sys
+
+    sys.path.insert(0, str(SAMPLES))
+    from variants import make_variants
+
+    trimmed = make_variants(Path(row["path"]), tmp_path)["trim"]
+    dup = service.upload("lifecycle_reupload", trimmed.read_bytes(), caption="another caption entirely")
+    assert dup.status_code == 201, dup.text
+    assert dup.json()["duplicate_of"] == row["item_id"] and dup.json()["duplicate_score"] >= 0.8
+    assert service.http.delete("/v1/items/lifecycle_reupload").status_code == 200
 
     moment = service.http.get("/v1/search", params={"q": q, "k": 1, "creator_id": creator, "moments": "true"})
     m = moment.json()["hits"][0]["moment"]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from index import SearchFilter
 
 Using = Literal["fused", "visual", "caption", "transcript", "ocr"]
 Fusion = Literal["vector", "rrf", "dbsf"]
@@ -66,16 +67,9 @@ class DeleteResponse(BaseModel):
     deleted: bool
 
 
-class SearchFilters(BaseModel):
-    """Payload filters shared by text, clip and id searches; unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    creator_id: str | None = None
-    language: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    exclude_ids: list[str] = Field(default_factory=list)
+class SearchFilters(SearchFilter):
+    """Payload filters shared by text, clip and id searches (the index's own filter model); unknown keys are
+    refused."""
 
 
 class SearchQuery(SearchFilters):
