@@ -30,7 +30,7 @@ demo: venv
 	$(DEMO) $(RV) search --video samples/clips/ocean_02.mp4 -k 3
 	$(DEMO) $(RV) recommend --positive space_01,space_02 --negative cooking_01 -k 5
 	@echo "--- a silent, captionless clip found by its on-screen text (see the modalities column):"
-	$(DEMO) $(RV) search "basil and tomato pasta made at home" -k 3 --moments
+	$(DEMO) $(RV) search "baking a loaf of sourdough bread at home" -k 3 --moments
 	$(DEMO) $(RV) dups
 
 test: venv

@@ -269,11 +269,11 @@ def _print_hits(hits: list[Any], as_json: bool, title: str, moments: list[Any] |
         if moments is not None:
             t.add_column("moment")
         for row, h in zip(rows, hits, strict=True):
-            cap = (h.payload.get("caption") or "").strip() or "[dim](no caption)[/]"
+            cap = escape((h.payload.get("caption") or "").strip()[:50]) or "[dim](no caption)[/]"
             created = str(h.payload.get("created_at") or "")[:10]
             mods = ",".join(h.payload.get("modalities") or [])
             creator = str(h.payload.get("creator_id") or "")
-            cells = [f"{h.score:.4f}", escape(h.item_id), escape(cap[:50]), mods, escape(creator), created]
+            cells = [f"{h.score:.4f}", escape(h.item_id), cap, mods, escape(creator), created]
             if moments is not None:
                 m = row["moment"]
                 cells.append(
