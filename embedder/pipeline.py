@@ -231,13 +231,12 @@ def guard(works: Sequence[Work], stage: str) -> Iterator[None]:
         for w in works:
             if w.ok:
                 w.error, w.stage = e, stage
-    except Exception as e:
+    except Exception:
         log.exception("unexpected error in stage %s for %s", stage, [w.item.item_id for w in works])
         err = ReelvecError("internal_error", f"unexpected error in the {stage} stage")
         for w in works:
             if w.ok:
                 w.error, w.stage = err, stage
-        del e
 
 
 def live(works: Sequence[Work]) -> list[Work]:
@@ -418,6 +417,13 @@ class Models:
         return cls(**loaded, unavailable=missing)
 
 
+def encode_query(models: Models, spec: EmbeddingSpec, text: str) -> dict[str, np.ndarray]:
+    """Query text → CLIP text tower (vs `visual`), text encoder (vs the text modalities), and fused."""
+    visual = models.clip.encode_text([text])[0] if models.clip is not None else None
+    textual = models.text.encode([text], kind="query")[0] if models.text is not None else None
+    return query_vectors(spec, visual, textual)
+
+
 def unavailable_models(cfg: ReelvecConfig) -> list[str]:
     """Card ids of configured models whose weights are absent, checked without loading them (the driver's view)."""
     out = []
@@ -474,10 +480,7 @@ class ItemEmbedder:
     def encode_query(self, text: str) -> dict[str, np.ndarray]:
         """Query text → CLIP text tower (vs `visual`), text encoder (vs the text modalities), and fused."""
         check_query(text, self.cfg.limits)
-        m = self.models
-        visual = m.clip.encode_text([text])[0] if m.clip is not None else None
-        textual = m.text.encode([text], kind="query")[0] if m.text is not None else None
-        return query_vectors(self.spec, visual, textual)
+        return encode_query(self.models, self.spec, text)
 
     def moments(
         self, query: dict[str, np.ndarray], payloads: list[dict[str, Any]], frames: dict[str, np.ndarray]

@@ -738,6 +738,19 @@ class VectorIndex(abc.ABC):
         records = self._retrieve_all(list(pids), with_payload=False, with_vectors=[FRAMES])
         return {pids[r.id]: r.vectors[FRAMES] for r in records if FRAMES in r.vectors}
 
+    def moment_inputs(self, item_ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+        """What moment search needs of some hits, in one retrieve: their payloads (segments, OCR lines, frame
+        times; in the order given) and their per-frame visual vectors where stored."""
+        self._check_open()
+        pids = {point_id(i): i for i in item_ids}
+        vectors: bool | list[str] = [FRAMES] if FRAMES in self.multivectors else False
+        records = {pids[r.id]: r for r in self._retrieve_all(list(pids), with_payload=True, with_vectors=vectors)}
+        payloads = [
+            {k: v for k, v in records[i].payload.items() if k != CREATE_TOKEN} for i in item_ids if i in records
+        ]
+        frames = {i: r.vectors[FRAMES] for i, r in records.items() if r.vectors and FRAMES in r.vectors}
+        return payloads, frames
+
     def _scroll_multi(self, using: str, batch: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
         offset: Any = None
         while True:

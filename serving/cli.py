@@ -463,11 +463,7 @@ def search(
                     else:
                         hits = index.search(vectors[using], using=using, k=k, flt=flt)
                     if moments:
-                        found_moments = emb.moments(
-                            vectors,
-                            [{**index.get(h.item_id).payload} for h in hits],
-                            index.frame_vectors([h.item_id for h in hits]),
-                        )
+                        found_moments = emb.moments(vectors, *index.moment_inputs([h.item_id for h in hits]))
                 finally:
                     emb.close()
         finally:

@@ -290,12 +290,7 @@ class IndexWriter:
 
     async def moment_inputs(self, item_ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         """Full payloads (segments, OCR lines, frame times) and per-frame vectors of search hits."""
-        payloads = []
-        for i in item_ids:
-            stored = await self._run("get", i)
-            payloads.append({"item_id": i, **stored.payload})
-        frames = await self._run("frame_vectors", item_ids)
-        return payloads, frames
+        return await self._run("moment_inputs", item_ids)
 
     async def count(self) -> int:
         return await self._run("count")

@@ -145,7 +145,7 @@ def _address() -> str:
 
 def _quality_gate(cfg: ReelvecConfig, spec: EmbeddingSpec, writer: Any, report: BackfillReport) -> bool:
     """Recall@k of `eval.queries` on the new version vs. the live one; True when the alias may move."""
-    from embedder.pipeline import Models, query_vectors
+    from embedder.pipeline import Models, encode_query
     from serving.evaluation import gate, load_queries
 
     if cfg.eval.queries is None:
@@ -154,11 +154,7 @@ def _quality_gate(cfg: ReelvecConfig, spec: EmbeddingSpec, writer: Any, report: 
         return True
     queries = load_queries(cfg.eval.queries)
     models = Models.load(cfg, roles=("clip", "text"))
-    fused = []
-    for q in queries:
-        visual = models.clip.encode_text([q.query])[0] if models.clip is not None else None
-        text = models.text.encode([q.query], kind="query")[0] if models.text is not None else None
-        fused.append(query_vectors(spec, visual, text)["fused"])
+    fused = [encode_query(models, spec, q.query)["fused"] for q in queries]
     new = call(writer.evaluate.remote(fused, queries, cfg.eval.k, None))
     live_version = call(writer.alias.remote())
     live = None

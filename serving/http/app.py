@@ -438,15 +438,12 @@ class Ingress:
     async def _moments(self, found: SearchResponse, vecs: dict[str, np.ndarray]) -> None:
         """Add `moment` to every hit: the stored segments / OCR lines / frames scored by `find_moments`."""
         payloads, frames = await self.writer.moment_inputs.remote([h["item_id"] for h in found.hits])
-        models = await self.models()
-
-        async def encode(texts: list[str]) -> np.ndarray:
-            return await self.handles["text"].encode_documents.remote(texts)
-
+        # find_moments asks for exactly these texts (every hit's candidates, in order): encode them here, by handle.
         texts = [c.text for p in payloads for c in text_candidates(p)]
-        vectors = await encode(texts) if texts and models["text"].loaded else np.zeros((0, 1), np.float32)
-        it = iter([vectors])
-        moments = find_moments(payloads, vecs, lambda _t: next(it), frames)
+        vectors = np.zeros((0, 1), np.float32)
+        if texts and (await self.models())["text"].loaded:
+            vectors = await self.handles["text"].encode_documents.remote(texts)
+        moments = find_moments(payloads, vecs, lambda _texts: vectors, frames)
         for hit, moment in zip(found.hits, moments, strict=True):
             hit["moment"] = moment.to_json() if moment is not None else None
 
