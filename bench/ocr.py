@@ -1,5 +1,8 @@
 """OCR cost per item: `read` one clip at a time vs `read_batch`, with and without the skip-unchanged shortcuts.
 
+Other-engine row: `read_batch` on the `ocr.engine` the loaded reader does not run (onnx2torch's torch modules on the
+same device when it runs onnxruntime, and vice versa), and whether it reads the same lines.
+
 Inputs: the 16 sample catalogue clips (320x240, no overlay text) and 4 generated 640x360 clips with two text lines, each
 decoded once with `ocr.num_frames` OCR frames. Baseline row: rapidocr's stock `RapidOCR()` on the same frames.
 Also: decode cost with vs without OCR frames (same call), and how far decord's CLIP frames move when OCR is on.
@@ -30,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 from bench.results import command, publish  # noqa: E402
 from embedder.config import load_config  # noqa: E402
 from embedder.decode import decode_file  # noqa: E402
-from embedder.factory import load_model  # noqa: E402
+from embedder.factory import load_model, resolve_device  # noqa: E402
 from embedder.ocr import OcrReader  # noqa: E402
+from embedder.types import OcrResult  # noqa: E402
 
 TEXT_CLIPS = [
     ("Fresh pasta in ten minutes", "Subscribe for more recipes"),
@@ -103,6 +107,35 @@ def bench_reader(reader: OcrReader, clips: list, repeats: int) -> list[tuple[str
     return rows
 
 
+def other_engine(reader: OcrReader, cfg: Any) -> OcrReader:
+    """The same card and settings on the engine `reader` does not run (torch <-> onnxruntime)."""
+    engine = "torch" if reader.engine == "onnxruntime" else "onnxruntime"
+    return OcrReader(
+        reader.card,
+        reader.card.resolve(cfg.models.models_dir),
+        cfg.ocr.model_copy(update={"engine": engine}),
+        resolve_device(cfg.models),
+        cfg.models.torch_threads,
+        skip_identical=cfg.ocr.skip_unchanged,
+        dedup_similarity=cfg.ocr.dedup_similarity,
+        min_chars=cfg.ocr.min_chars,
+    )
+
+
+def agreement(out: list[OcrResult], reference: list[OcrResult]) -> str:
+    """Whether two engines read the same lines (text and span), and how far their confidences are apart."""
+    spans = [[(ln.text, ln.first_s, ln.last_s) for ln in r.lines] for r in out]
+    if spans != [[(ln.text, ln.first_s, ln.last_s) for ln in r.lines] for r in reference]:
+        return "DIFFERENT lines from first row"
+    diffs = [
+        abs(a.confidence - b.confidence)
+        for x, y in zip(out, reference, strict=True)
+        for a, b in zip(x.lines, y.lines, strict=True)
+    ]
+    diff = max(diffs, default=0.0)
+    return f"same lines as first row, confidence within {diff:.1e}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -112,6 +145,7 @@ def main() -> None:
     cfg = load_config()
     reader = load_model(cfg.models.ocr.card, cfg)
     assert isinstance(reader, OcrReader)
+    alt = other_engine(reader, cfg)
     # The catalogue clips (`topic_NN.mp4`); other helpers' clips in the folder are not part of this benchmark.
     found = sorted(glob.glob(str(ROOT / "samples/clips/*.mp4")))
     samples = [p for p in found if re.fullmatch(r"[a-z]+_\d+", Path(p).stem)]
@@ -144,8 +178,9 @@ def main() -> None:
     lines = [
         f"## ocr — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        f"Command: `{command()}` · {platform.machine()}, {os.cpu_count()} cores, onnxruntime providers "
-        f"{reader.providers}, intra-op threads {cfg.models.torch_threads or 'default'} · card {reader.card.id} · "
+        f"Command: `{command()}` · {platform.machine()}, {os.cpu_count()} cores, OCR engine {reader.providers} "
+        f"(other-engine row: {alt.providers}), intra-op threads {cfg.models.torch_threads or 'default'} · "
+        f"card {reader.card.id} · "
         f"ocr.num_frames={cfg.ocr.num_frames}, short_side={cfg.ocr.short_side}, batch_size={cfg.ocr.batch_size} · "
         f"median of {args.repeats} · 1-min load average {load_start:.1f} at start",
         "",
@@ -159,6 +194,10 @@ def main() -> None:
         for name, ms, work, out in rows:
             same = "same as first row" if out == reference else "DIFFERS from first row"
             lines.append(f"| {k} | {name} | {ms:.0f} | {work} | {sum(len(r.lines) for r in out)} ({same}) |")
+        ms, out = median_ms(lambda clips=clips: alt.read_batch(clips), args.repeats)
+        row = f"read_batch (all clips), skip on, engine {alt.providers[0]}"
+        n = sum(len(r.lines) for r in out)
+        lines.append(f"| {k} | {row} | {ms / len(clips):.0f} | - | {n} ({agreement(out, reference)}) |")
         # Baseline on the first 4 clips only (it is the slow one); RapidOCR takes BGR like cv2.imread.
         frames = [f[:, :, :, ::-1] for f, _ in clips[:4]]
         ms = median_ms(lambda frames=frames: [stock(x) for f in frames for x in f], args.repeats)[0] / len(frames)

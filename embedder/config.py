@@ -38,6 +38,9 @@ class DecodeConfig(_Section):
     timeout_s: float = Field(30.0, gt=0)
     backend: Literal["decord", "pyav"] = "decord"
     frame_count_tolerance: float = Field(0.05, ge=0, le=1)
+    # A sampled frame moves to the nearest keyframe within this many seconds (0 = exact frames): a keyframe decodes
+    # alone, while an exact frame costs every frame since the previous keyframe.
+    keyframe_snap_s: float = Field(0.0, ge=0, le=10)
 
 
 class LimitsConfig(_Section):
@@ -131,6 +134,10 @@ class OcrConfig(_Section):
     dedup_similarity: float = Field(0.8, ge=0, le=1)
     min_chars: int = Field(2, ge=1)
     batch_size: int = Field(16, ge=1)
+    # Which runtime runs PP-OCR: onnxruntime (its CUDA provider when installed and models.device is cuda), or the
+    # same ONNX graphs converted to torch by onnx2torch (GPU OCR where onnxruntime-gpu is absent). auto: torch on
+    # cuda when onnxruntime has no CUDA provider and onnx2torch is installed, else onnxruntime.
+    engine: Literal["auto", "onnxruntime", "torch"] = "auto"
 
 
 class FusionConfig(_Section):

@@ -7,6 +7,7 @@ the frame count (dmlc/decord#373); readers are dropped right after use (decord l
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -120,6 +122,23 @@ def sample_indices(num_frames: int, fps: float, cfg: DecodeConfig) -> list[int]:
     return sorted({min(i, num_frames - 1) for i in idx})
 
 
+def snap_to_keyframes(idx: list[int], keys: Sequence[int], fps: float, tol_s: float) -> list[int]:
+    """Each sampled index moved to the nearest keyframe at most `tol_s` seconds away that no earlier sample took
+    (a keyframe decodes alone; an exact frame costs every frame since the previous keyframe); else kept exact."""
+    if tol_s <= 0 or not keys or not idx:
+        return idx
+    ks = sorted(keys)
+    taken: set[int] = set()
+    out = []
+    for i in idx:
+        j = bisect.bisect_left(ks, i)
+        near = [k for k in ks[max(0, j - 1) : j + 1] if abs(k - i) <= tol_s * fps and k not in taken]
+        pick = min(near, key=lambda k: abs(k - i)) if near else i
+        taken.add(pick)
+        out.append(pick)
+    return sorted(out) if len(taken) == len(idx) else idx
+
+
 def _target_size(p: Probe, short_side: int) -> tuple[int, int]:
     """(width, height) with the short side at most `short_side`, aspect kept, even, never upscaled."""
     scale = min(1.0, short_side / min(p.width, p.height))
@@ -164,6 +183,10 @@ def _decord_frames(path: str, p: Probe, cfg: DecodeConfig, ocr: OcrConfig | None
         if not idx:
             raise MediaError("truncated", "no decodable frames")
         ocr_idx = uniform_indices(decodable, ocr.num_frames) if ocr else []
+        if cfg.keyframe_snap_s > 0:
+            keys = [int(k) for k in vr.get_key_indices()]
+            idx = snap_to_keyframes(idx, keys, p.fps, cfg.keyframe_snap_s)
+            ocr_idx = snap_to_keyframes(ocr_idx, keys, p.fps, cfg.keyframe_snap_s)
         union = sorted(set(idx) | set(ocr_idx))
         batch = vr.get_batch(union).asnumpy()
         stamps = [float(t) for t in vr.get_frame_timestamp(union)[:, 0]]
@@ -177,14 +200,34 @@ def _decord_frames(path: str, p: Probe, cfg: DecodeConfig, ocr: OcrConfig | None
     return out
 
 
+def _pyav_key_indices(path: str) -> list[int]:
+    """Presentation-order indices of the keyframes, from the packets alone (nothing is decoded)."""
+    pts: list[int] = []
+    keys: list[int] = []
+    with _open_container(path) as c:
+        for pkt in c.demux(c.streams.video[0]):
+            if pkt.pts is None:
+                continue
+            pts.append(pkt.pts)
+            if pkt.is_keyframe:
+                keys.append(pkt.pts)
+    rank = {t: r for r, t in enumerate(sorted(pts))}
+    return sorted(rank[k] for k in keys)
+
+
 def _pyav_frames(path: str, p: Probe, cfg: DecodeConfig, ocr: OcrConfig | None = None) -> _Sampled:
     """Sequential PyAV decode keeping only the sampled (and OCR) indices (fallback and reference decoder)."""
     import av
 
     w, h = _target_size(p, cfg.short_side)
     ow, oh = _target_size(p, ocr.short_side) if ocr else (w, h)
-    want = set(sample_indices(p.num_frames, p.fps, cfg)) if p.num_frames else set()
-    want_ocr = set(uniform_indices(p.num_frames, ocr.num_frames)) if ocr and p.num_frames else set()
+    want_idx = sample_indices(p.num_frames, p.fps, cfg) if p.num_frames else []
+    ocr_idx = uniform_indices(p.num_frames, ocr.num_frames) if ocr and p.num_frames else []
+    if cfg.keyframe_snap_s > 0 and p.num_frames:
+        keys = _pyav_key_indices(path)
+        want_idx = snap_to_keyframes(want_idx, keys, p.fps, cfg.keyframe_snap_s)
+        ocr_idx = snap_to_keyframes(ocr_idx, keys, p.fps, cfg.keyframe_snap_s)
+    want, want_ocr = set(want_idx), set(ocr_idx)
     last = max(want | want_ocr, default=None)
     frames: list[np.ndarray] = []
     ts: list[float] = []

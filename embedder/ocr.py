@@ -2,6 +2,8 @@
 
 Detection runs over all frames of many clips in shape-grouped batches and recognition over all new text boxes in
 one batched call; frames near-identical to the previous read frame, and boxes unchanged since it, are not re-read.
+The graphs run in onnxruntime, or converted to torch modules by onnx2torch (`ocr.engine`): GPU OCR where only a
+CPU onnxruntime is installed.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -107,8 +112,68 @@ def normalize_text(text: str) -> str:
     return re.sub(r"[\W_]+", "", text.casefold())
 
 
+def _engine(requested: str, device: str, ort_providers: list[str]) -> str:
+    """`ocr.engine` resolved: auto → torch on cuda when onnxruntime has no CUDA provider and onnx2torch imports."""
+    if requested != "auto":
+        return requested
+    if device != "cuda" or "CUDAExecutionProvider" in ort_providers:
+        return "onnxruntime"
+    try:
+        import onnx2torch  # noqa: F401
+    except ImportError:
+        return "onnxruntime"
+    return "torch"
+
+
+def _torch_graph(model: Any, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX graph (`onnx.ModelProto`, edited here) converted to a torch module by onnx2torch, as numpy -> numpy.
+
+    Two fixes make PP-OCR's paddle2onnx graphs convertible: their weights are Constant nodes, which become
+    initializers (onnx2torch reads conv and batch-norm weights only from those); and the rank of three conv
+    outputs of the recognizer is lost behind a Reshape whose shape the graph computes, so shape inference leaves
+    it unknown and onnx2torch cannot pick BatchNorm1d/2d: a conv output gets its weight's rank."""
+    import onnx
+    import torch
+    from onnx2torch import convert
+
+    graph = model.graph
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    model = onnx.shape_inference.infer_shapes(model)
+    known = {v.name for v in model.graph.value_info if v.type.tensor_type.HasField("shape")}
+    ranks = {t.name: len(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.output[0] not in known and node.input[1] in ranks:
+            rank = ranks[node.input[1]]
+            model.graph.value_info.append(
+                onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, [None] * rank)
+            )
+    module = convert(model).eval().to(device)
+    # onnx2torch's Slice indexes with a list of slices (deprecated by torch, still the same result: the engine
+    # test compares against onnxruntime); the warning would print on the first recognizer call of every process.
+    warnings.filterwarnings(
+        "ignore", message="Using a non-tuple sequence for multidimensional indexing", module=r"onnx2torch\."
+    )
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
+    return run
+
+
 class OcrReader:
-    """PP-OCR detection + recognition sessions loaded once; `read` / `read_batch` take uint8 RGB T×H×W×3 frames."""
+    """PP-OCR detection + recognition loaded once (onnxruntime sessions or converted torch modules, `ocr.engine`);
+    `read` / `read_batch` take uint8 RGB T×H×W×3 frames."""
 
     def __init__(
         self,
@@ -143,28 +208,29 @@ class OcrReader:
         self._rec_h, self._rec_w = int(p.get("rec_height", 48)), int(p.get("rec_width", 320))
         self._signature_block = int(p.get("signature_block", 8))
 
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-            else:
-                log.warning("OCR on CPU: onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.inter_op_num_threads = 1
-        if threads:
-            opts.intra_op_num_threads = threads
-        # Inputs change shape every call (frame sizes, crop widths); the arena would keep the largest forever.
-        opts.enable_cpu_mem_arena = False
-        try:
-            self._det = ort.InferenceSession(str(weights / p["det_model"]), sess_options=opts, providers=providers)
-            self._rec = ort.InferenceSession(str(weights / p["rec_model"]), sess_options=opts, providers=providers)
+        self.engine = _engine(cfg.engine, device, ort.get_available_providers())
+        if self.engine == "torch":
+            try:
+                import onnx
+                import onnx2torch  # noqa: F401
+            except ImportError as e:
+                raise ModelUnavailableError(
+                    "not_installed", "ocr.engine 'torch' needs onnx and onnx2torch: pip install 'reelvec[gpu]'"
+                ) from e
+
+            try:
+                det, rec = onnx.load(str(weights / p["det_model"])), onnx.load(str(weights / p["rec_model"]))
+            except Exception as e:  # protobuf's DecodeError on a corrupt file
+                raise ModelUnavailableError(
+                    "corrupt", f"model '{card.id}' files do not load: run `reelvec models verify`"
+                ) from e
+            charset = {m.key: m.value for m in rec.metadata_props}["character"].splitlines()
+            self._run_det, self._run_rec = _torch_graph(det, device), _torch_graph(rec, device)
+            self.providers = [f"torch:{device}"]
+        else:
+            self._load_onnxruntime(ort, card, weights, device, threads)
             charset = self._rec.get_modelmeta().custom_metadata_map["character"].splitlines()
-        except Exception as e:  # onnxruntime raises its own untyped errors on a corrupt file
-            raise ModelUnavailableError(
-                "corrupt", f"model '{card.id}' files do not load: run `reelvec models verify`"
-            ) from e
-        self.providers = self._det.get_providers()
+            self.providers = self._det.get_providers()
         self._post = DBPostProcess(
             thresh=float(p.get("det_thresh", 0.3)),
             box_thresh=float(p.get("det_box_thresh", 0.5)),
@@ -176,6 +242,38 @@ class OcrReader:
         self._decode = CTCLabelDecode(character=charset)
         # Work done by the last read/read_batch: what the skip-identical and box-reuse shortcuts saved.
         self.stats: dict[str, int] = {}
+
+    def _load_onnxruntime(self, ort: Any, card: ModelCard, weights: Path, device: str, threads: int) -> None:
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            else:
+                log.warning(
+                    "OCR on CPU: onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu, or onnx2torch "
+                    "for ocr.engine auto/torch)"
+                )
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning: OCR shares the CPU with decode workers wherever it runs,
+        # and a spinning thread holds a core that a decoder could use.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            opts.intra_op_num_threads = threads
+        # Inputs change shape every call (frame sizes, crop widths); the arena would keep the largest forever.
+        opts.enable_cpu_mem_arena = False
+        p = card.params
+        try:
+            self._det = ort.InferenceSession(str(weights / p["det_model"]), sess_options=opts, providers=providers)
+            self._rec = ort.InferenceSession(str(weights / p["rec_model"]), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own untyped errors on a corrupt file
+            raise ModelUnavailableError(
+                "corrupt", f"model '{card.id}' files do not load: run `reelvec models verify`"
+            ) from e
+        det_in, rec_in = self._det.get_inputs()[0].name, self._rec.get_inputs()[0].name
+        self._run_det = lambda x: self._det.run(None, {det_in: x})[0]
+        self._run_rec = lambda x: self._rec.run(None, {rec_in: x})[0]
 
     def read(self, frames: np.ndarray | None, timestamps_s: list[float]) -> OcrResult:
         """On-screen text of one clip's frames (timestamps in seconds, one per frame)."""
@@ -231,11 +329,10 @@ class OcrReader:
             assert f.image is not None
             x = self._det_input(f.image)
             groups.setdefault(x.shape, []).append((f, x))
-        name = self._det.get_inputs()[0].name
         for group in groups.values():
             for s in range(0, len(group), self.cfg.batch_size):
                 chunk = group[s : s + self.cfg.batch_size]
-                maps = self._det.run(None, {name: np.stack([x for _, x in chunk])})[0]
+                maps = self._run_det(np.stack([x for _, x in chunk]))
                 for k, (f, _) in enumerate(chunk):
                     assert f.image is not None
                     h, w = f.image.shape[:2]
@@ -295,7 +392,6 @@ class OcrReader:
         groups: dict[int, list[int]] = {}
         for i, width in enumerate(widths):
             groups.setdefault(width, []).append(i)
-        name = self._rec.get_inputs()[0].name
         for width, members in sorted(groups.items()):
             for s in range(0, len(members), self.cfg.batch_size):
                 idx = members[s : s + self.cfg.batch_size]
@@ -305,7 +401,7 @@ class OcrReader:
                     rw = min(width, int(np.ceil(self._rec_h * w / h)))
                     x = cv2.resize(crops[i], (rw, self._rec_h)).astype(np.float32) * (2 / 255.0) - 1.0
                     batch[k, :, :, :rw] = x.transpose(2, 0, 1)
-                preds = self._rec.run(None, {name: batch})[0]
+                preds = self._run_rec(batch)
                 for k, (text, conf) in enumerate(self._decode(preds)):
                     out[idx[k]] = (text.strip(), float(conf))
         return out

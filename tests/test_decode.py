@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embedder.config import DecodeConfig, LimitsConfig, OcrConfig
-from embedder.decode import Decoder, decode_file, probe_file, sample_indices
+from embedder.decode import Decoder, decode_file, probe_file, sample_indices, snap_to_keyframes
 from embedder.types import MediaError
 
 
@@ -185,3 +185,63 @@ def test_ocr_frames_decord_and_pyav_agree(clips: list[dict[str, Any]]) -> None:
 def test_no_ocr_frames_unless_asked(decoder: Decoder, clips: list[dict[str, Any]]) -> None:
     m = decoder.decode(clips[0]["path"])
     assert m.ocr_frames is None and m.ocr_timestamps_s == []
+
+
+def test_snap_to_keyframes_within_tolerance_and_without_merging() -> None:
+    keys = [0, 30, 60, 90, 120]
+    # Dense keyframes: every sample moves to its nearest one.
+    assert snap_to_keyframes([28, 62, 95], keys, fps=30, tol_s=0.5) == [30, 60, 90]
+    # Too far (> 0.5 s = 15 frames) stays exact; a keyframe already taken is not taken twice.
+    assert snap_to_keyframes([5, 30, 58], [0, 60], fps=30, tol_s=0.5) == [0, 30, 60]
+    assert snap_to_keyframes([58, 62], keys, fps=30, tol_s=0.5) == [60, 62]
+    assert snap_to_keyframes([28, 62], keys, fps=30, tol_s=0) == [28, 62]
+    assert snap_to_keyframes([28, 62], [], fps=30, tol_s=0.5) == [28, 62]
+    # An exact sample that equals a keyframe an earlier sample took: no merge, the exact indices stand.
+    assert snap_to_keyframes([25, 30], [30], fps=30, tol_s=0.5) == [25, 30]
+
+
+def _gop_clip(path: Path, gop: int, n: int = 90, fps: int = 30) -> None:
+    import av
+    from PIL import Image, ImageDraw
+
+    with av.open(str(path), "w") as out:
+        opts = {"preset": "ultrafast", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        vs = out.add_stream("libx264", rate=fps, options=opts)
+        vs.width, vs.height, vs.pix_fmt = 320, 240, "yuv420p"
+        for i in range(n):
+            img = Image.new("RGB", (320, 240), (i * 2 % 250, 60, 90))
+            ImageDraw.Draw(img).ellipse((i * 2, 80, i * 2 + 60, 140), fill=(230, 200, 40))
+            for p in vs.encode(av.VideoFrame.from_image(img)):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+
+
+def test_keyframe_snap_samples_keyframes_on_both_backends(tmp_path: Path) -> None:
+    import av
+
+    path = tmp_path / "gop15.mp4"
+    _gop_clip(path, gop=15)
+    with av.open(str(path)) as c:
+        keyframes = {n for n, f in enumerate(c.decode(c.streams.video[0])) if f.key_frame}
+    assert keyframes == {0, 15, 30, 45, 60, 75}
+    exact = DecodeConfig(num_frames=4)
+    snapped = exact.model_copy(update={"keyframe_snap_s": 0.3})
+    a = decode_file(str(path), exact, LimitsConfig())
+    assert a.frame_indices == sample_indices(90, 30.0, exact) == [11, 33, 56, 78]
+    for backend in ("decord", "pyav"):
+        b = decode_file(str(path), snapped.model_copy(update={"backend": backend}), LimitsConfig())
+        assert b.decoder == backend
+        assert b.frame_indices == [15, 30, 60, 75], backend  # each within 0.3 s (9 frames) of its exact index
+        assert set(b.frame_indices) <= keyframes
+        assert np.allclose(b.timestamps_s, [i / 30 for i in b.frame_indices], atol=1e-3)
+
+
+def test_keyframe_snap_agrees_across_backends_with_bframes(fixtures_dir: Path) -> None:
+    path = str(fixtures_dir / "bframes.mp4")
+    cfg = DecodeConfig(num_frames=8, keyframe_snap_s=1.0)
+    a = decode_file(path, cfg, LimitsConfig())
+    b = decode_file(path, cfg.model_copy(update={"backend": "pyav"}), LimitsConfig())
+    assert a.frame_indices == b.frame_indices
+    assert np.allclose(a.timestamps_s, b.timestamps_s, atol=1e-3)
+    assert np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 2.0

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import glob
+import logging
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from embedder.cards import load_card, sha256_file, status
 from embedder.config import ReelvecConfig
 from embedder.decode import Decoder
 from embedder.factory import load_model
-from embedder.ocr import OcrReader, normalize_text
+from embedder.ocr import OcrReader, _engine, normalize_text
 from embedder.types import ModelUnavailableError, OcrResult
-from tests.conftest import write_card
+from tests.conftest import CLIPS, write_card
 
 CARD = "rapidocr-ppocrv4"
 W, H, FPS, SECONDS = 640, 360, 10, 4
@@ -90,10 +93,10 @@ def decoded(session_cfg: ReelvecConfig, tmp_path_factory: pytest.TempPathFactory
         }
 
 
-def with_cfg(cfg: ReelvecConfig, **ocr: Any) -> OcrReader:
+def with_cfg(cfg: ReelvecConfig, device: str = "cpu", **ocr: Any) -> OcrReader:
     """A second reader of the same card with other `ocr` settings."""
     card = load_card(CARD, cfg.models.cards_dir)
-    return OcrReader(card, card.resolve(cfg.models.models_dir), cfg.ocr.model_copy(update=ocr))
+    return OcrReader(card, card.resolve(cfg.models.models_dir), cfg.ocr.model_copy(update=ocr), device)
 
 
 def texts(res: OcrResult) -> list[str]:
@@ -213,3 +216,112 @@ def test_tampered_weights_fail_verify_and_load(session_cfg: ReelvecConfig, tmp_p
     with pytest.raises(ModelUnavailableError) as e:
         load_model(path, session_cfg)
     assert e.value.reason == "sha256_mismatch" and str(tmp_path) not in e.value.detail
+
+
+# The torch engine (onnx2torch, a dev dependency: a missing one fails these tests, never skips them).
+# Measured on the 8 `*_text_*` sample clips: every line's text and span identical to onnxruntime's, confidence off by
+# at most 4e-7 (fp32 kernels summing in another order). 1e-4 leaves that 250x headroom, while a misconverted layer
+# moves confidences by 1e-2 or more, or changes the text.
+TORCH_CONF_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def ort_reader(session_cfg: ReelvecConfig) -> OcrReader:
+    """The onnxruntime engine on the CPU (`reader` runs the torch engine where models.device resolves to cuda)."""
+    return with_cfg(session_cfg, engine="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def sample_text_clips(session_cfg: ReelvecConfig) -> list[tuple[np.ndarray, list[float]]]:
+    with Decoder(session_cfg.decode, session_cfg.limits, ocr=session_cfg.ocr) as dec:
+        decoded = [dec.decode(CLIPS / name) for name in ("cooking_text_02.mp4", "space_text_02.mp4")]
+    return [(m.ocr_frames, m.ocr_timestamps_s) for m in decoded]
+
+
+def assert_same_lines(a: list[OcrResult], b: list[OcrResult], conf_tol: float) -> None:
+    assert [[(ln.text, ln.first_s, ln.last_s) for ln in r.lines] for r in a] == [
+        [(ln.text, ln.first_s, ln.last_s) for ln in r.lines] for r in b
+    ]
+    diffs = [
+        abs(x.confidence - y.confidence)
+        for ra, rb in zip(a, b, strict=True)
+        for x, y in zip(ra.lines, rb.lines, strict=True)
+    ]
+    assert max(diffs) <= conf_tol, max(diffs)
+
+
+def test_torch_engine_reads_what_onnxruntime_reads(
+    session_cfg: ReelvecConfig, ort_reader: OcrReader, sample_text_clips: list, decoded: dict[str, Any]
+) -> None:
+    torch_reader = with_cfg(session_cfg, engine="torch")
+    assert (ort_reader.engine, ort_reader.providers) == ("onnxruntime", ["CPUExecutionProvider"])
+    assert (torch_reader.engine, torch_reader.providers) == ("torch", ["torch:cpu"])
+    expected = ort_reader.read_batch(sample_text_clips)
+    assert [texts(r) for r in expected] == [
+        ["sourdoughbread", "stepbystep", "kneadthedough", "andletitrise"],
+        ["marsroveron", "theredplanet", "searchingforancientwater"],
+    ]
+    assert_same_lines(torch_reader.read_batch(sample_text_clips), expected, TORCH_CONF_TOL)
+    # One clip at a time (other batch shapes), and the generated clip with a line that changes halfway.
+    steps_clip = (decoded["steps"].ocr_frames, decoded["steps"].ocr_timestamps_s)
+    for clip in [*sample_text_clips, steps_clip]:
+        assert_same_lines([torch_reader.read(*clip)], [ort_reader.read(*clip)], TORCH_CONF_TOL)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_engine_on_cuda_reads_what_onnxruntime_reads(
+    session_cfg: ReelvecConfig, ort_reader: OcrReader, sample_text_clips: list
+) -> None:
+    gpu = with_cfg(session_cfg, device="cuda", engine="torch")
+    assert gpu.providers == ["torch:cuda"]
+    # cuDNN convolutions may run in TF32 on the GPU: the same lines, confidences looser than on the CPU. On an H200
+    # (2026-11-26) the 8 `*_text_*` clips read the same lines with confidences within 3.5e-4 of onnxruntime's.
+    assert_same_lines(gpu.read_batch(sample_text_clips), ort_reader.read_batch(sample_text_clips), 1e-2)
+
+
+def test_engine_resolution() -> None:
+    cpu_ort, gpu_ort = ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert _engine("auto", "cuda", cpu_ort) == "torch"  # onnx2torch is installed (dev dependency)
+    assert _engine("auto", "cuda", gpu_ort) == "onnxruntime"
+    assert _engine("auto", "cpu", cpu_ort) == "onnxruntime"
+    assert _engine("torch", "cpu", gpu_ort) == "torch"
+    assert _engine("onnxruntime", "cuda", cpu_ort) == "onnxruntime"
+
+
+def test_onnxruntime_engine_on_cuda_without_cuda_provider_runs_on_cpu(
+    session_cfg: ReelvecConfig, ort_reader: OcrReader, decoded: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime here has a CUDA provider")
+    with caplog.at_level(logging.WARNING, logger="embedder.ocr"):
+        cuda_ort = with_cfg(session_cfg, device="cuda", engine="onnxruntime")
+    assert (cuda_ort.engine, cuda_ort.providers) == ("onnxruntime", ["CPUExecutionProvider"])
+    assert "no CUDAExecutionProvider" in caplog.text and "onnx2torch" in caplog.text
+    m = decoded["steps"]
+    assert cuda_ort.read(m.ocr_frames, m.ocr_timestamps_s) == ort_reader.read(m.ocr_frames, m.ocr_timestamps_s)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
+def test_unreadable_model_file_is_corrupt(session_cfg: ReelvecConfig, tmp_path: Path, engine: str) -> None:
+    card = load_card(CARD, session_cfg.models.cards_dir)
+    src = card.resolve(session_cfg.models.models_dir)
+    for f in card.files:
+        shutil.copy(src / f.path, tmp_path / f.path)
+    det = tmp_path / card.params["det_model"]
+    det.write_bytes(det.read_bytes()[: det.stat().st_size // 3])  # past the sha256 check (called directly)
+    with pytest.raises(ModelUnavailableError) as e:
+        OcrReader(card, tmp_path, session_cfg.ocr.model_copy(update={"engine": engine}))
+    assert e.value.reason == "corrupt"
+
+
+def test_torch_engine_without_onnx2torch_is_a_clear_unavailable_model(
+    session_cfg: ReelvecConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnx2torch", None)  # `import onnx2torch` raises ImportError
+    with pytest.raises(ModelUnavailableError) as e:
+        with_cfg(session_cfg, engine="torch")
+    assert e.value.reason == "not_installed" and "reelvec[gpu]" in e.value.detail
+    # auto falls back to onnxruntime instead
+    assert _engine("auto", "cuda", ["CPUExecutionProvider"]) == "onnxruntime"
