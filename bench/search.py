@@ -54,6 +54,26 @@ K = 10
 BATCH = 1000
 
 
+def synthetic_item(i: int, vectors: dict, modalities: list[str], cluster: int, creator: int) -> ItemEmbedding:
+    """One synthetic item, its payload filled as production fills it (caption, hashtags, creator, transcript)."""
+    return ItemEmbedding(
+        item_id=f"item-{i:07d}",
+        vectors=vectors,
+        modalities=modalities,
+        transcript=Transcript("synthetic transcript " * 8, "en"),
+        caption=f"clip {i} of cluster {cluster}",
+        hashtags=[f"#c{cluster}"],
+        creator_id=f"creator-{creator}",
+        created_at=datetime(2024, 1, 1, tzinfo=UTC),
+        duration_s=15.0,
+        models={"bench": "0"},
+        schema_version="bench",
+        decoder="none",
+        frame_timestamps_s=[],
+        timings_ms={},
+    )
+
+
 @dataclass
 class Data:
     items: list[ItemEmbedding]
@@ -85,24 +105,7 @@ def make_data(n: int, n_queries: int, seed: int = 0) -> Data:
     for i in range(n):
         present = {m: vecs[m][i] for m in MODALITIES if m != "visual" or has_visual[i]}
         present[FUSED] = fused[i] = fuse(present, weights, DIMS)
-        items.append(
-            ItemEmbedding(
-                item_id=f"item-{i:07d}",
-                vectors=present,
-                modalities=[m for m in present if m != FUSED],
-                transcript=Transcript("synthetic transcript " * 8, "en"),
-                caption=f"clip {i} of cluster {cluster[i]}",
-                hashtags=[f"#c{cluster[i]}"],
-                creator_id=f"creator-{creators[i]}",
-                created_at=datetime(2024, 1, 1, tzinfo=UTC),
-                duration_s=15.0,
-                models={"bench": "0"},
-                schema_version="bench",
-                decoder="none",
-                frame_timestamps_s=[],
-                timings_ms={},
-            )
-        )
+        items.append(synthetic_item(i, present, [m for m in present if m != FUSED], cluster[i], creators[i]))
     qv = sample(rng.integers(0, CLUSTERS, n_queries))
     queries = np.stack([fuse({m: qv[m][j] for m in MODALITIES}, weights, DIMS) for j in range(n_queries)])
     return Data(items, unit(fused), creators, queries.astype(np.float32))

@@ -187,6 +187,9 @@ class IndexConfig(_Section):
     # Scalar (int8) quantization of the big vectors (fused, visual) with rescoring, and vectors kept on disk.
     quantization: Literal["none", "int8"] = "none"
     quantization_rescore: bool = True
+    # With int8, fetch this many times k candidates by the quantized vectors before rescoring with the originals
+    # (bench/scale.py at 1 M points: recall@10 0.855 at 1x, 0.929 at 2x; p99 4.17 ms and 3.72 ms).
+    quantization_oversampling: float = Field(2.0, ge=1.0, le=16.0)
     on_disk_vectors: bool = False
 
 

@@ -67,9 +67,11 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".reelvec.lock"
 OPTIMIZING_SUFFIX = ".optimizing"  # `.<shard>.optimizing`: the copy a child process optimizes
 PRE_OPTIMIZE_SUFFIX = ".pre-optimize"  # `.<shard>.pre-optimize`: the replaced shard, deleted after the swap
-# Run in a child process on the copy: the engine's optimizer, off this process's GIL.
+# Run in a child process on the copy: the engine's optimizer, off this process's GIL, at a lower CPU priority (on
+# a small machine, searches on the live shard come first).
 _OPTIMIZE_CHILD = (
-    "import sys, qdrant_edge as qe\n"
+    "import os, sys, qdrant_edge as qe\n"
+    "os.nice(10)\n"
     "s = qe.EdgeShard.load(sys.argv[1])\n"
     "print(int(s.optimize()))\n"
     "s.flush()\n"
@@ -289,7 +291,11 @@ class EdgeIndex(VectorIndex):
         self._counter_lock = threading.Lock()
         self._since_optimize = 0
         self._optimizer: threading.Thread | None = None
-        quant = qe.QuantizationSearchParams(rescore=cfg.quantization_rescore) if cfg.quantization == "int8" else None
+        quant = (
+            qe.QuantizationSearchParams(rescore=cfg.quantization_rescore, oversampling=cfg.quantization_oversampling)
+            if cfg.quantization == "int8"
+            else None
+        )
         self._params = qe.SearchParams(hnsw_ef=cfg.search_ef, quantization=quant)
 
     @property

@@ -202,7 +202,11 @@ class QdrantServerIndex(VectorIndex):
             self._close()
             raise
         self._local = _is_local(self._client)
-        quant = qm.QuantizationSearchParams(rescore=cfg.quantization_rescore) if cfg.quantization == "int8" else None
+        quant = (
+            qm.QuantizationSearchParams(rescore=cfg.quantization_rescore, oversampling=cfg.quantization_oversampling)
+            if cfg.quantization == "int8"
+            else None
+        )
         # Local mode searches exhaustively and warns on every query given search params, so give none.
         self._params = None if self._local else qm.SearchParams(hnsw_ef=cfg.search_ef, quantization=quant)
 
