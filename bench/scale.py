@@ -40,10 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results import command, publish  # noqa: E402
-from bench.search import CLUSTERS, CREATORS, DIMS, NOISE, machine, synthetic_item, unit  # noqa: E402
-from embedder.config import FusionConfig, IndexConfig  # noqa: E402
-from embedder.fusion import fuse  # noqa: E402
-from embedder.types import FUSED, MODALITIES, ItemEmbedding  # noqa: E402
+from bench.search import CLUSTERS, DIMS, Generator, machine  # noqa: E402
+from embedder.config import IndexConfig  # noqa: E402
+from embedder.types import FUSED  # noqa: E402
 from index import open_index  # noqa: E402
 
 log = logging.getLogger("bench.scale")
@@ -57,48 +56,6 @@ REPLICATION = 2
 HEADROOM = 1.3
 NODE_RAM_GIB = 64
 SERVE_RESERVE_S = 600.0  # what the probe keeps aside for reopen, searches and exact truth when it picks N
-
-
-# ---- data ------------------------------------------------------------------------------------------------
-
-
-class Generator:
-    """bench/search.py's clustered items, produced chunk by chunk (1 M full items would not fit in RAM)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        self.seed = seed
-        self.weights = FusionConfig().weights
-        self.centers = {m: unit(rng.normal(size=(CLUSTERS, DIMS[m]))).astype(np.float32) for m in MODALITIES}
-
-    def _sample(self, rng: np.random.Generator, cluster: np.ndarray) -> dict[str, np.ndarray]:
-        return {
-            m: self.centers[m][cluster] + NOISE * unit(rng.normal(size=(len(cluster), DIMS[m]))).astype(np.float32)
-            for m in MODALITIES
-        }
-
-    def chunk(self, start: int, n: int, stored: str) -> tuple[list[ItemEmbedding], np.ndarray]:
-        """Items start..start+n (deterministic per start) and their fused vectors (unit rows)."""
-        rng = np.random.default_rng([self.seed, start])
-        cluster = rng.integers(0, CLUSTERS, n)
-        vecs = self._sample(rng, cluster)
-        has_visual = rng.random(n) >= 0.1
-        creators = rng.integers(0, CREATORS, n)
-        items, fused = [], np.empty((n, DIMS[FUSED]), dtype=np.float32)
-        for j in range(n):
-            i = start + j
-            present = {m: vecs[m][j] for m in MODALITIES if m != "visual" or has_visual[j]}
-            fused[j] = fuse(present, self.weights, DIMS)
-            vectors = {**present, FUSED: fused[j]} if stored == "full" else {FUSED: fused[j]}
-            items.append(synthetic_item(i, vectors, list(present), cluster[j], creators[j]))
-        return items, unit(fused).astype(np.float32)
-
-    def queries(self, n: int) -> np.ndarray:
-        """Held-out queries: fresh samples of the same clusters, all modalities, fused (never stored)."""
-        rng = np.random.default_rng([self.seed, 10**9])
-        qv = self._sample(rng, rng.integers(0, CLUSTERS, n))
-        q = np.stack([fuse({m: qv[m][j] for m in MODALITIES}, self.weights, DIMS) for j in range(n)])
-        return unit(q).astype(np.float32)
 
 
 def index_dims(stored: str) -> dict[str, int]:
@@ -277,7 +234,7 @@ def exact_truth(args: argparse.Namespace, n: int, queries: np.ndarray) -> np.nda
     best_s = np.full((len(queries), K), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(queries), K), dtype=np.int64)
     for start in range(0, n, args.batch):
-        _, block = gen.chunk(start, min(args.batch, n - start), "fused")
+        _, block, _ = gen.chunk(start, min(args.batch, n - start), "fused")
         s = queries @ block.T  # Q x m
         m = len(block)
         top = np.argpartition(-s, K, axis=1)[:, :K] if m > K else np.tile(np.arange(m), (len(queries), 1))
@@ -530,7 +487,7 @@ def load_measured(
     with open_index(cfg, index_dims(args.stored), VERSION) as index:
         for start in range(0, n, args.batch):
             t = time.perf_counter()
-            items, _ = gen.chunk(start, min(args.batch, n - start), args.stored)
+            items, _, _ = gen.chunk(start, min(args.batch, n - start), args.stored)
             t_gen += time.perf_counter() - t
             t = time.perf_counter()
             rep = index.upsert(items)

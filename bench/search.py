@@ -86,29 +86,50 @@ def unit(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=-1, keepdims=True)
 
 
-def make_data(n: int, n_queries: int, seed: int = 0) -> Data:
-    rng = np.random.default_rng(seed)
-    weights = FusionConfig().weights
-    centers = {m: unit(rng.normal(size=(CLUSTERS, DIMS[m]))).astype(np.float32) for m in MODALITIES}
+class Generator:
+    """Synthetic clustered items, produced chunk by chunk (bench/scale.py's 1 M items would not fit in RAM at once)."""
 
-    def sample(cluster: np.ndarray) -> dict[str, np.ndarray]:
+    def __init__(self, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.weights = FusionConfig().weights
+        self.centers = {m: unit(rng.normal(size=(CLUSTERS, DIMS[m]))).astype(np.float32) for m in MODALITIES}
+
+    def _sample(self, rng: np.random.Generator, cluster: np.ndarray) -> dict[str, np.ndarray]:
         return {
-            m: centers[m][cluster] + NOISE * unit(rng.normal(size=(len(cluster), DIMS[m]))).astype(np.float32)
+            m: self.centers[m][cluster] + NOISE * unit(rng.normal(size=(len(cluster), DIMS[m]))).astype(np.float32)
             for m in MODALITIES
         }
 
-    cluster = rng.integers(0, CLUSTERS, n)
-    vecs = sample(cluster)
-    has_visual = rng.random(n) >= 0.1
-    creators = rng.integers(0, CREATORS, n)
-    items, fused = [], np.empty((n, DIMS[FUSED]), dtype=np.float32)
-    for i in range(n):
-        present = {m: vecs[m][i] for m in MODALITIES if m != "visual" or has_visual[i]}
-        present[FUSED] = fused[i] = fuse(present, weights, DIMS)
-        items.append(synthetic_item(i, present, [m for m in present if m != FUSED], cluster[i], creators[i]))
-    qv = sample(rng.integers(0, CLUSTERS, n_queries))
-    queries = np.stack([fuse({m: qv[m][j] for m in MODALITIES}, weights, DIMS) for j in range(n_queries)])
-    return Data(items, unit(fused), creators, queries.astype(np.float32))
+    def chunk(self, start: int, n: int, stored: str) -> tuple[list[ItemEmbedding], np.ndarray, np.ndarray]:
+        """Items start..start+n (deterministic per start), their fused vectors (unit rows) and creator numbers;
+        `stored` "full" keeps every modality's vector in the item, "fused" only the fused one."""
+        rng = np.random.default_rng([self.seed, start])
+        cluster = rng.integers(0, CLUSTERS, n)
+        vecs = self._sample(rng, cluster)
+        has_visual = rng.random(n) >= 0.1
+        creators = rng.integers(0, CREATORS, n)
+        items, fused = [], np.empty((n, DIMS[FUSED]), dtype=np.float32)
+        for j in range(n):
+            i = start + j
+            present = {m: vecs[m][j] for m in MODALITIES if m != "visual" or has_visual[j]}
+            fused[j] = fuse(present, self.weights, DIMS)
+            vectors = {**present, FUSED: fused[j]} if stored == "full" else {FUSED: fused[j]}
+            items.append(synthetic_item(i, vectors, list(present), cluster[j], creators[j]))
+        return items, unit(fused).astype(np.float32), creators
+
+    def queries(self, n: int) -> np.ndarray:
+        """Held-out queries: fresh samples of the same clusters, all modalities, fused (never stored)."""
+        rng = np.random.default_rng([self.seed, 10**9])
+        qv = self._sample(rng, rng.integers(0, CLUSTERS, n))
+        q = np.stack([fuse({m: qv[m][j] for m in MODALITIES}, self.weights, DIMS) for j in range(n)])
+        return unit(q).astype(np.float32)
+
+
+def make_data(n: int, n_queries: int, seed: int = 0) -> Data:
+    gen = Generator(seed)
+    items, fused, creators = gen.chunk(0, n, "full")
+    return Data(items, fused, creators, gen.queries(n_queries))
 
 
 def exact_topk(data: Data, q: np.ndarray, creator: int | None, limit: int | None = None) -> set[str]:
