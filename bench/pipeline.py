@@ -114,8 +114,8 @@ def main() -> None:
 
     media = [decode_file(p, cfg.decode, cfg.limits) for p in paths]
     audio_s = sum(len(m.audio) / cfg.decode.audio_sample_rate for m in media if m.audio is not None)
-    assert emb.models.asr is not None
-    t_asr = median_time(lambda: [emb.models.asr.transcribe(m.audio) for m in media], args.repeats)
+    assert emb.models.get("asr") is not None
+    t_asr = median_time(lambda: [emb.models["asr"].transcribe(m.audio) for m in media], args.repeats)
     table.append(("ASR real-time factor", f"whisper tiny.en int8: {t_asr / audio_s:.3f}", "1.0 = real time", "-"))
 
     import open_clip
@@ -143,10 +143,10 @@ def main() -> None:
         )
     )
 
-    assert emb.models.text is not None
+    assert emb.models.get("text") is not None
     texts = [r["caption"] or r["speech"] for r in rows] * 4
-    t_tb = median_time(lambda: emb.models.text.encode(texts), args.repeats)
-    t_t1 = median_time(lambda: [emb.models.text.encode([t]) for t in texts], args.repeats)
+    t_tb = median_time(lambda: emb.models["text"].encode(texts), args.repeats)
+    t_t1 = median_time(lambda: [emb.models["text"].encode([t]) for t in texts], args.repeats)
     table.append(
         (
             "text encodings/s (MiniLM)",
@@ -161,10 +161,10 @@ def main() -> None:
     table.append(
         ("end to end items/s", f"embed_batch: {n / t_eb:.2f}", f"one by one: {n / t_e1:.2f}", f"{t_e1 / t_eb:.2f}x")
     )
-    if emb.models.ocr is not None:
+    if emb.models.get("ocr") is not None:
         ocr_media = [decode_file(p, cfg.decode, cfg.limits, ocr=cfg.ocr) for p in paths]
         clips = [(m.ocr_frames, m.ocr_timestamps_s) for m in ocr_media]
-        t_ocr = median_time(lambda: emb.models.ocr.read_batch(clips), args.repeats)
+        t_ocr = median_time(lambda: emb.models["ocr"].read_batch(clips), args.repeats)
         table.append(
             (
                 f"OCR ms/item (PP-OCRv4, ocr.num_frames={cfg.ocr.num_frames}, short side {cfg.ocr.short_side})",

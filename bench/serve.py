@@ -1,11 +1,13 @@
 """Online path latency and throughput over HTTP on 127.0.0.1, each against its baseline in the same run.
 
-Starts a local Ray + Serve (temp data dir), then: uploads and text searches at client concurrency 1 / 4 / 16
-with the configured `@serve.batch` (p50 / p99 latency, throughput, batch sizes seen); the same at 16 with
+Starts a local Ray + Serve (temp data dir), then: uploads and text searches at client concurrency 1 / 4 / 8
+with the configured `@serve.batch` (p50 / p99 latency, throughput, CPU s per request, batch sizes seen); the
+bytes that cross the ingress per upload (media by reference vs the round-2 design that shipped the decoded
+media through the ingress to every model); the same at the top level with
 max_batch_size=1 (the batching gain as a ratio); and, with a tiny random-weight CLIP so frames are consumed,
 uploads with the visual modality on. `--memory` instead measures the ingress replica's peak RSS while N
 max-size uploads arrive at once (what the upload path holds per request).
-Usage: python bench/serve.py [--levels 1,4,16] [--uploads 5,12,32] [--searches 40,80,160] [--no-write]
+Usage: python bench/serve.py [--levels 1,4,8] [--uploads 8,24,48] [--searches 40,80,160] [--no-write]
        python bench/serve.py --memory [--memory-uploads 16] [--max-bytes 20000000] [--no-write]
 """
 
@@ -34,11 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from bench.cputree import TreeCpu  # noqa: E402
 from bench.results import command, publish  # noqa: E402
 from embedder.config import ReelvecConfig, load_config  # noqa: E402
+from embedder.steps import GRAPH  # noqa: E402
 
 log = logging.getLogger("bench.serve")
 APP = "reelvec-bench"
+STEP_DEPLOYMENTS = [f"step_{s.name}" for s in GRAPH.steps if not s.serial]
 QUERIES = ["cooking pasta", "soccer goal", "waves on the beach", "rocket launch", "chop vegetables", "stars"]
 
 
@@ -53,6 +58,7 @@ class Level:
     errors: int
     batches: dict[str, dict[int, int]]
     stages: list[dict[str, float]]
+    cpu_s: float = 0.0  # user + sys of the whole process tree (Ray's workers, decode workers) during the level
 
     def stage_p50(self, stage: str) -> float:
         return float(np.median([s[stage] for s in self.stages if stage in s])) if self.stages else float("nan")
@@ -64,7 +70,7 @@ class Level:
         seen = "; ".join(f"{m}: {_mean_batch(h):.1f}" for m, h in sorted(self.batches.items()) if h) or "-"
         return (
             f"| {label} | {self.kind} | {self.concurrency} | {len(self.latencies)} | {p50:.0f} | {p99:.0f} "
-            f"| {tput:.2f} | {self.errors} | {seen} |"
+            f"| {tput:.2f} | {self.cpu_s / max(len(self.latencies), 1):.2f} | {self.errors} | {seen} |"
         )
 
 
@@ -137,17 +143,17 @@ class Bench:
         log.info("deployed in %.1f s", time.perf_counter() - t0)
 
     def set_batching(self, config: dict[str, Any]) -> None:
-        """Retune @serve.batch on the live encoder replicas (their `reconfigure` hook), nothing restarts."""
+        """Retune @serve.batch on the live step replicas (their `reconfigure` hook), nothing restarts."""
         from ray import serve
 
-        for name in ("TextDeployment", "ClipDeployment"):
+        for name in STEP_DEPLOYMENTS:
             serve.get_deployment_handle(name, APP).reconfigure.remote(config).result()
 
     def batch_sizes(self) -> dict[str, dict[int, int]]:
         from ray import serve
 
         out: dict[str, dict[int, int]] = {}
-        for name in ("TextDeployment", "ClipDeployment"):
+        for name in STEP_DEPLOYMENTS:
             out.update(serve.get_deployment_handle(name, APP).batch_sizes.remote().result())
         return out
 
@@ -184,7 +190,9 @@ class Bench:
 
     def level(self, kind: str, concurrency: int, n: int) -> Level:
         before = self.batch_sizes()
-        lv = asyncio.run(self._level(kind, concurrency, n))
+        with TreeCpu() as cpu:
+            lv = asyncio.run(self._level(kind, concurrency, n))
+        lv.cpu_s = cpu.seconds
         lv.batches = _diff(self.batch_sizes(), before)
         log.info("%s c=%d n=%d: %s", kind, concurrency, n, lv.row(""))
         return lv
@@ -295,14 +303,49 @@ def memory(n: int, max_bytes: int, write: bool) -> None:
     publish("serve-memory", section, write=write)
 
 
+def ingress_bytes(cfg: ReelvecConfig, clip: Path) -> tuple[int, int, int]:
+    """(upload body, bytes through the ingress now, bytes through it in round 2) for one upload of `clip`: the
+    pickled size of everything the ingress sends to and receives from the step replicas, as Serve ships it.
+    Now: decoded media go back as object references and each step is sent only the references it reads.
+    Round 2: decode returned the frames, OCR frames and audio, and each model was sent its own media."""
+    import pickle
+
+    import ray
+
+    from embedder.graph import load_step
+    from embedder.items import build_item
+    from embedder.work import MEDIA, Work
+
+    body = clip.read_bytes()
+    step = GRAPH["decode"]
+    _, decoder = load_step(step, cfg)
+    work = Work(build_item("probe", body, cfg.limits))
+    try:
+        step.run(decoder, [work], cfg)
+    finally:
+        decoder.close()
+    size = lambda w: len(pickle.dumps(w, protocol=5))  # noqa: E731
+    sent_decode = size(Work(build_item("probe", body, cfg.limits)))
+    produced = {m: work.medium(m) for m in step.produces if work.medium(m) is not None}
+    by_ref = work.slim().with_media({m: ray.put(v) for m, v in produced.items()})
+    now = old = sent_decode
+    now += size(by_ref)
+    old += size(work.slim(keep=step.produces))
+    for s in GRAPH.steps[1:]:
+        reads = [m for m in s.reads if m in MEDIA]
+        now += size(by_ref.slim(keep=reads)) + size(work.slim())
+        old += size(work.slim(keep=reads)) + size(work.slim())
+    return len(body), now, old
+
+
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--levels", default="1,4,16", help="client concurrency levels")
-    ap.add_argument("--uploads", default="5,12,32", help="uploads per level")
+    ap.add_argument("--levels", default="1,4,8", help="client concurrency levels")
+    ap.add_argument("--uploads", default="8,24,48", help="uploads per level")
     ap.add_argument("--searches", default="40,80,160", help="searches per level")
     ap.add_argument("--transport-uploads", type=int, default=8, help="uploads with tiny CLIP on (c=1)")
     ap.add_argument("--memory", action="store_true", help="measure the ingress's peak RSS under max-size uploads")
@@ -355,6 +398,7 @@ def main() -> None:
             )
 
         bench.set_batching({"max_batch_size": mbs})
+        body, now_b, old_b = ingress_bytes(cfg, ROOT / "samples/clips/cooking_01.mp4")
         clip_cfg = cfg.model_copy(deep=True)
         clip_dir = tmp / "tinyclip"
         clip_dir.mkdir()
@@ -370,8 +414,8 @@ def main() -> None:
         ray.shutdown()
 
     header = (
-        "| variant | request | concurrency | n | p50 ms | p99 ms | req/s | errors | mean batch size seen |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "| variant | request | concurrency | n | p50 ms | p99 ms | req/s | CPU s per request (process tree) | errors "
+        "| mean batch size seen |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
     section = (
         f"\n## serve — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
@@ -385,6 +429,10 @@ def main() -> None:
         + f"`@serve.batch` gain at concurrency {top} (max_batch_size={mbs} vs 1): "
         + "; ".join(gains)
         + ".\n\n"
+        + f"Bytes through the ingress per upload of cooking_01.mp4 ({body / 1024:.0f} KiB body; pickled payloads "
+        f"the ingress sends to and receives from the step replicas): {now_b / 1024:.0f} KiB now (media by "
+        f"reference) vs {old_b / 1024:.0f} KiB with round 2's design (decoded media through the ingress to every "
+        f"model): {old_b / now_b:.1f}x less, {now_b / body:.2f}x the upload body.\n\n"
         + f"With a tiny random CLIP (frames consumed, c=1): stage p50 decode {visual.stage_p50('decode_ms'):.0f} ms, "
         f"clip (frames to the CLIP replica + batch wait + encode) {visual.stage_p50('clip_ms'):.0f} ms.\n"
     )

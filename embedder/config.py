@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError, field_validator
 
 from embedder.types import MODALITIES, ConfigError
 
@@ -94,7 +94,6 @@ class ModelsConfig(_Section):
 
 class ClipConfig(_Section):
     batch_size: int = Field(32, ge=1)
-    pooling: Literal["mean"] = "mean"
 
 
 class TextConfig(_Section):
@@ -209,12 +208,10 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.05, ge=0)
     max_concurrent_batches: int = Field(1, ge=1)
-    max_queued_requests: int = Field(64, ge=-1)
-    decode_replicas: int = Field(1, ge=1)
-    asr_replicas: int = Field(1, ge=1)
-    clip_replicas: int = Field(1, ge=1)
-    text_replicas: int = Field(1, ge=1)
-    ocr_replicas: int = Field(1, ge=1)
+    # Request bodies read at once beyond the upload slots (searches, JSON bodies): the body-reader gate's headroom.
+    extra_body_readers: int = Field(64, ge=0)
+    # Replicas of each step's deployment by step name (decode, asr, ocr, visual, text, ...); absent: 1.
+    replicas: dict[str, PositiveInt] = Field(default_factory=dict)
     ingress_replicas: int = Field(1, ge=1)
     num_cpus_per_model: float = Field(0.4, ge=0)
     num_gpus_per_model: float = Field(0.0, ge=0)
@@ -276,12 +273,6 @@ class ReelvecConfig(_Section):
     dedup: DedupConfig = DedupConfig()
     semantic_ids: SemanticIdConfig = SemanticIdConfig()
     eval: EvalConfig = EvalConfig()
-
-    @model_validator(mode="after")
-    def _batching_fits(self) -> ReelvecConfig:
-        if self.serve.max_queued_requests == 0:
-            raise ValueError("serve.max_queued_requests must be -1 (unbounded) or >= 1")
-        return self
 
 
 def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:

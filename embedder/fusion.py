@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from embedder.types import MODALITIES
+from embedder.types import FUSED
 
 
 def l2_normalize(v: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -26,16 +26,18 @@ def effective_weights(present: list[str] | set[str], weights: dict[str, float]) 
     total = sum(weights[m] for m in present if weights.get(m, 0) > 0)
     if total <= 0:
         return {}
-    return {m: weights[m] / total for m in MODALITIES if m in present and weights.get(m, 0) > 0}
+    return {m: weights[m] / total for m in present if weights.get(m, 0) > 0}
 
 
 def fuse(vectors: dict[str, np.ndarray], weights: dict[str, float], dims: dict[str, int]) -> np.ndarray:
-    """Fused vector of length sum(dims) in MODALITIES order; raises ValueError if nothing is present."""
-    eff = effective_weights([m for m in vectors if m in MODALITIES], weights)
+    """Fused vector of length sum(dims) in the order of `dims` (its modality blocks); raises ValueError if nothing is
+    present."""
+    order = [m for m in dims if m != FUSED]
+    eff = effective_weights([m for m in order if m in vectors], weights)
     if not eff:
         raise ValueError("no modality with a positive weight is present")
     blocks = []
-    for m in MODALITIES:
+    for m in order:
         if m in eff:
             v = np.asarray(vectors[m], dtype=np.float32)
             if v.shape != (dims[m],):
@@ -46,5 +48,7 @@ def fuse(vectors: dict[str, np.ndarray], weights: dict[str, float], dims: dict[s
     return np.concatenate(blocks).astype(np.float32)
 
 
-def fused_dim(dims: dict[str, int]) -> int:
-    return sum(dims[m] for m in MODALITIES)
+def late_fusion(using: str, mode: str) -> bool:
+    """Whether a search over `using` with fusion `mode` is Qdrant's late fusion (RRF/DBSF over one prefetch per
+    modality) rather than one cosine search of a single named vector."""
+    return using == FUSED and mode != "vector"

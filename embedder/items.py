@@ -104,3 +104,13 @@ def build_item(
     )
     validate_item(item, limits)
     return item
+
+
+def normalize_hashtags(tags: list[str]) -> list[str]:
+    return [t.strip().lstrip("#").lower() for t in tags if t.strip().lstrip("#")]
+
+
+def caption_text(item: ItemInput) -> str:
+    """What the caption modality embeds: the caption followed by its hashtags."""
+    tags = " ".join(f"#{t}" for t in normalize_hashtags(item.hashtags))
+    return " ".join(f"{item.caption.strip()} {tags}".split())

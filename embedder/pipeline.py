@@ -1,10 +1,5 @@
-"""The per-item steps, defined once: validate → decode → ASR → OCR → CLIP → text encoder → fuse.
-
-Each step takes its model (None when absent) and a list of `Work` (one per item) and updates them in place;
-a failing item records its error and is skipped by later steps. `ItemEmbedder` runs them in-process; the
-Ray Serve deployments and the Ray Data backfill stages call the very same step functions on their batches,
-so every path gives the same vectors, the same models record and the same error reasons.
-"""
+"""What the step graph's results become: the embedding spec (dims, weights, schema version), the fused
+`ItemEmbedding` of an item, query vectors, and `ItemEmbedder`, the in-process runner of the graph."""
 
 from __future__ import annotations
 
@@ -12,46 +7,34 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from embedder.cards import load_card
-from embedder.config import LimitsConfig, ModelRef, ReelvecConfig
-from embedder.decode import Decoder
-from embedder.fingerprint import FINGERPRINT_VERSION, fingerprint
-from embedder.fusion import fuse, fused_dim
-from embedder.items import validate_item
+from embedder.config import LimitsConfig, ReelvecConfig
+from embedder.fingerprint import FINGERPRINT_VERSION
+from embedder.fusion import fuse
+from embedder.graph import Graph, load_steps, run_steps
+from embedder.items import normalize_hashtags
 from embedder.moments import Moment, find_moments
+from embedder.steps import GRAPH
 from embedder.types import (
     FUSED,
-    MODALITIES,
-    DecodedMedia,
-    Fingerprint,
     ItemEmbedding,
     ItemFailure,
     ItemInput,
     MediaError,
     ModelUnavailableError,
-    OcrResult,
-    ReelvecError,
-    Transcript,
 )
-
-if TYPE_CHECKING:
-    from embedder.asr import Transcriber
-    from embedder.encoders.clip import ClipEncoder
-    from embedder.encoders.text import TextEncoder
-    from embedder.ocr import OcrReader
+from embedder.work import Work, guard
 
 log = logging.getLogger(__name__)
 
 # Bump when the meaning of stored vectors changes in a way cards and fusion weights do not capture.
 EMBEDDING_SCHEMA = 2
-ROLES = ("clip", "text", "asr", "ocr")  # configured model roles, `cfg.models.<role>`
 
 
 @dataclass(frozen=True)
@@ -63,26 +46,26 @@ class EmbeddingSpec:
     models: dict[str, str]
     schema_version: str
 
+    @property
+    def modalities(self) -> list[str]:
+        """The modality vectors, in fused-block order."""
+        return [m for m in self.dims if m != FUSED]
 
-def embedding_spec(cfg: ReelvecConfig) -> EmbeddingSpec:
-    """Dims and schema version from the model cards and fusion config (no weights are read)."""
-    cards = {role: load_card(getattr(cfg.models, role).card, cfg.models.cards_dir) for role in ROLES}
-    clip, text = cards["clip"], cards["text"]
-    for c in (clip, text):
-        if c.dims is None:
-            raise ReelvecError("invalid_card", f"card {c.id} must state dims")
-    tdim = int(text.dims)  # type: ignore[arg-type]
-    dims = {"visual": int(clip.dims), "caption": tdim, "transcript": tdim, "ocr": tdim}  # type: ignore[arg-type]
-    dims[FUSED] = fused_dim(dims)
+
+def embedding_spec(cfg: ReelvecConfig, graph: Graph = GRAPH) -> EmbeddingSpec:
+    """Dims and schema version from the graph, its model cards and the fusion config (no weights are read)."""
+    cards = {s.name: load_card(s.card(cfg), cfg.models.cards_dir) for s in graph.steps if s.role}  # type: ignore[arg-type]
+    dims = graph.modality_dims(cfg, {name: c.dims for name, c in cards.items()})
     models = {c.id: c.version for c in cards.values()}
-    weights = dict(cfg.fusion.weights)
+    given = {**graph.default_weights(), **cfg.fusion.weights}
+    weights = {m: float(given.get(m, 0.0)) for m in dims if m != FUSED}
     basis = json.dumps(
         {
             "schema": EMBEDDING_SCHEMA,
             "models": models,
             "dims": dims,
             "weights": weights,
-            "order": MODALITIES,
+            "order": [m for m in dims if m != FUSED],
             "fingerprint": FINGERPRINT_VERSION,
         },
         sort_keys=True,
@@ -90,46 +73,6 @@ def embedding_spec(cfg: ReelvecConfig) -> EmbeddingSpec:
     return EmbeddingSpec(
         dims, weights, models, f"v{EMBEDDING_SCHEMA}-{hashlib.sha256(basis.encode()).hexdigest()[:10]}"
     )
-
-
-def load_optional(ref: ModelRef, cfg: ReelvecConfig) -> Any:
-    """Load a model; when absent and optional, warn loudly and return None (required → raise)."""
-    # torch-importing modules load on first use: Ray Data's decode/write workers import this module without them.
-    from embedder.factory import load_model
-
-    try:
-        return load_model(ref.card, cfg)
-    except ModelUnavailableError as e:
-        if ref.required:
-            raise
-        log.warning(
-            "MODEL UNAVAILABLE: %s — its modality is switched off and items are embedded without it. %s",
-            ref.card,
-            e.detail,
-        )
-        return None
-
-
-def normalize_hashtags(tags: Sequence[str]) -> list[str]:
-    return [t.strip().lstrip("#").lower() for t in tags if t.strip().lstrip("#")]
-
-
-def caption_text(item: ItemInput) -> str:
-    """What the caption modality embeds: the caption followed by its hashtags."""
-    tags = " ".join(f"#{t}" for t in normalize_hashtags(item.hashtags))
-    return " ".join(f"{item.caption.strip()} {tags}".split())
-
-
-def document_texts(work: Work, max_chars: int) -> dict[str, str]:
-    """Modality → the text the text encoder embeds for this item (caption, transcript, on-screen text)."""
-    from embedder.encoders.text import truncate_words
-
-    texts = {
-        "caption": caption_text(work.item),
-        "transcript": truncate_words(work.transcript.text, max_chars),
-        "ocr": truncate_words(work.ocr.text, max_chars),
-    }
-    return {m: t for m, t in texts.items() if t}
 
 
 def check_query(text: str, limits: LimitsConfig) -> None:
@@ -140,208 +83,16 @@ def check_query(text: str, limits: LimitsConfig) -> None:
         raise MediaError("bad_query", f"query longer than limits.max_caption_chars={limits.max_caption_chars}")
 
 
-def query_vectors(spec: EmbeddingSpec, visual: np.ndarray | None, text: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Query vectors per modality plus fused: the CLIP text-tower vector vs `visual`, the text-encoder
-    query vector vs every text modality (caption, transcript, ocr)."""
-    vecs: dict[str, np.ndarray] = {}
-    if visual is not None:
-        vecs["visual"] = visual
-    if text is not None:
-        for m in ("caption", "transcript", "ocr"):
-            vecs[m] = text
+def query_vectors(spec: EmbeddingSpec, parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-modality query vectors (each step's `query` output for one text) plus their fused vector."""
+    vecs = {m: np.asarray(v, dtype=np.float32) for part in parts for m, v in part.items() if m in spec.dims}
     vecs[FUSED] = fuse(vecs, spec.weights, spec.dims)
     return vecs
 
 
-# ------------------------------------------------------------------------------------------- per-item work
-
-
-@dataclass
-class Work:
-    """One item on its way through the steps: inputs, what each step produced, and its error if it failed."""
-
-    item: ItemInput
-    decoded: DecodedMedia | None = None
-    transcript: Transcript = field(default_factory=Transcript.empty)
-    ocr: OcrResult = field(default_factory=OcrResult.empty)
-    fingerprint: Fingerprint | None = None
-    frame_vectors: np.ndarray | None = None
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
-    models: dict[str, str] = field(default_factory=dict)  # card id -> version of every model that ran on it
-    timings: dict[str, float] = field(default_factory=dict)
-    stage: str = ""
-    error: ReelvecError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def failure(self) -> ItemFailure:
-        assert self.error is not None
-        return ItemFailure(self.item.item_id, self.stage, self.error.reason, self.error.detail)
-
-    def slim(self, keep: Sequence[str] = ()) -> Work:
-        """A copy without the heavy media (frames, OCR frames, audio, upload bytes) except the parts in `keep`
-        — what travels to a model that needs only its own input."""
-        decoded = self.decoded
-        if decoded is not None:
-            decoded = replace(
-                decoded,
-                frames=decoded.frames if "frames" in keep else _NO_FRAMES,
-                ocr_frames=decoded.ocr_frames if "ocr_frames" in keep else None,
-                audio=decoded.audio if "audio" in keep else None,
-            )
-        item = self.item if "media" in keep else replace(self.item, media=b"")
-        return replace(
-            self,
-            item=item,
-            decoded=decoded,
-            vectors=dict(self.vectors),
-            models=dict(self.models),
-            timings=dict(self.timings),
-        )
-
-    def merge(self, other: Work) -> None:
-        """Take what a step produced on a copy of this item (`slim`) back into it."""
-        self.vectors.update(other.vectors)
-        self.models.update(other.models)
-        self.timings.update(other.timings)
-        if other.transcript.text or other.transcript.speech is not None:
-            self.transcript = other.transcript
-        if other.ocr.lines:
-            self.ocr = other.ocr
-        if other.frame_vectors is not None:
-            self.frame_vectors = other.frame_vectors
-        if other.fingerprint is not None:
-            self.fingerprint = other.fingerprint
-        if other.error is not None and self.error is None:
-            self.error, self.stage = other.error, other.stage
-
-
-_NO_FRAMES = np.zeros((0, 0, 0, 3), dtype=np.uint8)
-
-
-@contextmanager
-def guard(works: Sequence[Work], stage: str) -> Iterator[None]:
-    """The one error policy: a `ReelvecError` fails these items with its reason; anything else fails them as
-    `internal_error` (logged with its traceback, never shown to clients). Other items go on."""
-    try:
-        yield
-    except ReelvecError as e:
-        for w in works:
-            if w.ok:
-                w.error, w.stage = e, stage
-    except Exception:
-        log.exception("unexpected error in stage %s for %s", stage, [w.item.item_id for w in works])
-        err = ReelvecError("internal_error", f"unexpected error in the {stage} stage")
-        for w in works:
-            if w.ok:
-                w.error, w.stage = err, stage
-
-
-def live(works: Sequence[Work]) -> list[Work]:
-    return [w for w in works if w.ok]
-
-
-def _timed(works: Sequence[Work], key: str, t0: float) -> None:
-    share = (time.perf_counter() - t0) * 1000 / max(len(works), 1)
-    for w in works:
-        w.timings[key] = w.timings.get(key, 0.0) + share
-
-
-def _ran(works: Sequence[Work], model: Any) -> None:
-    for w in works:
-        w.models[model.card.id] = model.card.version
-
-
-def validate_step(works: Sequence[Work], limits: LimitsConfig) -> None:
-    for w in live(works):
-        with guard([w], "validate"):
-            validate_item(w.item, limits)
-
-
-def decode_step(decoder: Decoder, works: Sequence[Work]) -> None:
-    """Probe + sampled frames (+ OCR frames) + 16 kHz audio, one item at a time in the killable worker; then
-    the frames' perceptual fingerprint (cheap, and every consumer needs it while the frames are at hand)."""
-    for w in live(works):
-        t0 = time.perf_counter()
-        with guard([w], "decode"):
-            w.decoded = decoder.decode(w.item.media)
-        _timed([w], "decode_ms", t0)
-    fingerprint_step(works)
-
-
-def fingerprint_step(works: Sequence[Work]) -> None:
-    """The perceptual fingerprint of the sampled frames (no model: DCT hashes), for re-upload detection."""
-    for w in live(works):
-        if w.decoded is None or not w.decoded.frames.size:
-            continue
-        t0 = time.perf_counter()
-        with guard([w], "fingerprint"):
-            w.fingerprint = fingerprint(w.decoded.frames, w.decoded.timestamps_s)
-        _timed([w], "fingerprint_ms", t0)
-
-
-def asr_step(asr: Transcriber | None, works: Sequence[Work]) -> None:
-    """Speech gate + transcripts, batched across items; no ASR model → no transcript (modality off)."""
-    todo = [w for w in live(works) if w.decoded is not None]
-    if asr is None or not todo:
-        return
-    t0 = time.perf_counter()
-    with guard(todo, "asr"):
-        for w, tr in zip(todo, asr.transcribe_batch([w.decoded.audio for w in todo]), strict=True):  # type: ignore[union-attr]
-            w.transcript = tr
-        _ran(todo, asr)
-    _timed(todo, "asr_ms", t0)
-
-
-def ocr_step(ocr: OcrReader | None, works: Sequence[Work]) -> None:
-    """On-screen text of every item's OCR frames in one batched call."""
-    todo = [w for w in live(works) if w.decoded is not None and w.decoded.ocr_frames is not None]
-    if ocr is None or not todo:
-        return
-    t0 = time.perf_counter()
-    with guard(todo, "ocr"):
-        clips = [(w.decoded.ocr_frames, w.decoded.ocr_timestamps_s) for w in todo]  # type: ignore[union-attr]
-        for w, res in zip(todo, ocr.read_batch(clips), strict=True):
-            w.ocr = res
-        _ran(todo, ocr)
-    _timed(todo, "ocr_ms", t0)
-
-
-def visual_step(clip: ClipEncoder | None, works: Sequence[Work]) -> None:
-    """One CLIP call over every item's frames, mean-pooled per item."""
-    todo = [w for w in live(works) if w.decoded is not None and w.decoded.frames.size]
-    if clip is None or not todo:
-        return
-    t0 = time.perf_counter()
-    with guard(todo, "clip"):
-        pooled, per_frame = clip.encode_clips([w.decoded.frames for w in todo])  # type: ignore[union-attr]
-        for row, w in enumerate(todo):
-            w.vectors["visual"] = pooled[row]
-            w.frame_vectors = per_frame[row]
-        _ran(todo, clip)
-    _timed(todo, "clip_ms", t0)
-
-
-def text_step(text: TextEncoder | None, works: Sequence[Work], max_chars: int) -> None:
-    """One text-encoder call over every item's caption, transcript and on-screen text."""
-    todo = live(works)
-    if text is None or not todo:
-        return
-    jobs = [(w, m, t) for w in todo for m, t in document_texts(w, max_chars).items()]
-    t0 = time.perf_counter()
-    with guard(todo, "text"):
-        enc = text.encode([t for _, _, t in jobs], kind="document") if jobs else []
-        for row, (w, m, _) in enumerate(jobs):
-            w.vectors[m] = enc[row]
-        _ran(todo, text)
-    _timed(todo, "text_ms", t0)
-
-
 def assemble(work: Work, spec: EmbeddingSpec, unavailable: Sequence[str] = ()) -> ItemEmbedding:
     """Fuse the modality vectors and build the ItemEmbedding; an item with no modality at all is `no_content`."""
-    present = [m for m in MODALITIES if m in work.vectors]
+    present = [m for m in spec.modalities if m in work.vectors]
     if not present:
         raise MediaError(
             "no_content",
@@ -397,38 +148,13 @@ def finish(
     return out
 
 
-# ------------------------------------------------------------------------------------------------- models
-
-
-@dataclass
-class Models:
-    """The configured models, each loaded once or None when optional and absent (its modality is off)."""
-
-    clip: ClipEncoder | None = None
-    text: TextEncoder | None = None
-    asr: Transcriber | None = None
-    ocr: OcrReader | None = None
-    unavailable: list[str] = field(default_factory=list)  # card ids of configured models that are not loaded
-
-    @classmethod
-    def load(cls, cfg: ReelvecConfig, roles: Sequence[str] = ROLES) -> Models:
-        loaded = {role: load_optional(getattr(cfg.models, role), cfg) for role in roles}
-        missing = [getattr(cfg.models, r).card for r in roles if loaded[r] is None]
-        return cls(**loaded, unavailable=missing)
-
-
-def encode_query(models: Models, spec: EmbeddingSpec, text: str) -> dict[str, np.ndarray]:
-    """Query text → CLIP text tower (vs `visual`), text encoder (vs the text modalities), and fused."""
-    visual = models.clip.encode_text([text])[0] if models.clip is not None else None
-    textual = models.text.encode([text], kind="query")[0] if models.text is not None else None
-    return query_vectors(spec, visual, textual)
-
-
-def unavailable_models(cfg: ReelvecConfig) -> list[str]:
+def unavailable_models(cfg: ReelvecConfig, graph: Graph = GRAPH) -> list[str]:
     """Card ids of configured models whose weights are absent, checked without loading them (the driver's view)."""
     out = []
-    for role in ROLES:
-        ref = getattr(cfg.models, role)
+    for step in graph.steps:
+        if step.role is None:
+            continue
+        ref = getattr(cfg.models, step.role)
         try:
             load_card(ref.card, cfg.models.cards_dir).resolve(cfg.models.models_dir)
         except ModelUnavailableError:
@@ -438,57 +164,61 @@ def unavailable_models(cfg: ReelvecConfig) -> list[str]:
     return out
 
 
+def encode_query(graph: Graph, models: Mapping[str, Any], spec: EmbeddingSpec, text: str) -> dict[str, np.ndarray]:
+    """Query text → every loaded step's query vectors (CLIP text tower vs `visual`, the text encoder vs the text
+    modalities), and fused."""
+    steps = [s for s in graph.steps if s.query is not None and s.name in models]
+    parts = [{m: v[0] for m, v in s.query(models[s.name], [text]).items()} for s in steps]  # type: ignore[misc]
+    return query_vectors(spec, parts)
+
+
+def documents_step(graph: Graph) -> str | None:
+    """The step whose model encodes stored texts for moments (the text encoder), if any."""
+    return next((s.name for s in graph.steps if s.documents is not None), None)
+
+
 class ItemEmbedder:
-    """Loads decoder and models once and runs every step in-process, for one item or a batch."""
+    """Loads the decoder and models once and runs the step graph in-process, for one item or a batch."""
 
-    def __init__(self, cfg: ReelvecConfig) -> None:
-        self.cfg = cfg
-        self.spec = embedding_spec(cfg)
-        self.models = Models.load(cfg)
-        self.decoder = Decoder(cfg.decode, cfg.limits, ocr=cfg.ocr if self.models.ocr is not None else None)
-
-    @property
-    def unavailable(self) -> list[str]:
-        """Configured models that are not loaded (their modalities are off)."""
-        return list(self.models.unavailable)
+    def __init__(self, cfg: ReelvecConfig, graph: Graph = GRAPH, steps: Sequence[str] | None = None) -> None:
+        self.cfg, self.graph = cfg, graph
+        self.spec = embedding_spec(cfg, graph)
+        self.models = load_steps(graph, cfg, steps)
+        wanted = [s for s in graph.steps if s.role and (steps is None or s.name in steps)]
+        self.unavailable = [s.card(cfg) for s in wanted if s.name not in self.models]
 
     def embed(self, item: ItemInput) -> ItemEmbedding:
         """Embed one item; raises the item's `ReelvecError`."""
         work = Work(item)
         self.run([work])
-        return embedding_or_raise(work, self.spec, self.models.unavailable)
+        return embedding_or_raise(work, self.spec, self.unavailable)  # type: ignore[arg-type]
 
     def run(self, works: Sequence[Work]) -> None:
-        """Every step over these items, in order (each step batched across them)."""
-        m = self.models
-        validate_step(works, self.cfg.limits)
-        decode_step(self.decoder, works)
-        asr_step(m.asr, works)
-        ocr_step(m.ocr, works)
-        visual_step(m.clip, works)
-        text_step(m.text, works, self.cfg.text.transcript_max_chars)
-        for w in works:
-            if w.decoded is not None:  # the media has served every step; do not hold it past the batch
-                w.decoded = replace(w.decoded, frames=_NO_FRAMES, ocr_frames=None, audio=None)
+        """Every step over these items (independent steps concurrently, each batched across the items)."""
+        run_steps(self.graph, self.models, works, self.cfg)
 
     def embed_batch(self, items: Sequence[ItemInput]) -> list[ItemEmbedding | ItemFailure]:
         """Embed many items; a bad item becomes an `ItemFailure` in its slot and never stops the batch."""
         works = [Work(item) for item in items]
         self.run(works)
-        return finish(works, self.spec, self.models.unavailable)
+        return finish(works, self.spec, self.unavailable)  # type: ignore[arg-type]
 
     def encode_query(self, text: str) -> dict[str, np.ndarray]:
-        """Query text → CLIP text tower (vs `visual`), text encoder (vs the text modalities), and fused."""
+        """Query text → per-modality and fused query vectors."""
         check_query(text, self.cfg.limits)
-        return encode_query(self.models, self.spec, text)
+        return encode_query(self.graph, self.models, self.spec, text)
 
     def moments(
         self, query: dict[str, np.ndarray], payloads: list[dict[str, Any]], frames: dict[str, np.ndarray]
     ) -> list[Moment | None]:
         """Where in each hit (its stored payload with `item_id`) the query matches best (`embedder.moments`)."""
-        text = self.models.text
-        encode = (lambda t: text.encode(t, kind="document")) if text is not None else (lambda t: np.zeros((0, 1)))
-        return find_moments(payloads, query, encode, frames)
+        name = documents_step(self.graph)
+        if name is None or name not in self.models:
+            return find_moments(payloads, query, lambda t: np.zeros((0, 1)), frames)
+        step, model = self.graph[name], self.models[name]
+        return find_moments(payloads, query, lambda t: step.documents(model, t), frames)  # type: ignore[misc]
 
     def close(self) -> None:
-        self.decoder.close()
+        for model in self.models.values():
+            if hasattr(model, "close"):
+                model.close()

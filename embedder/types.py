@@ -189,9 +189,9 @@ class ItemEmbedding:
     duplicate_score: float | None = None
     semantic_id: list[int] | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready view (what `reelvec embed --json` prints)."""
-        return {
+    def to_json(self, vectors: bool = True) -> dict[str, Any]:
+        """JSON-ready view (what `reelvec embed --json` prints; an upload's response is this less the vectors)."""
+        out = {
             "item_id": self.item_id,
             "modalities": self.modalities,
             "transcript": self.transcript.text,
@@ -206,7 +206,6 @@ class ItemEmbedding:
             "caption": self.caption,
             "hashtags": self.hashtags,
             "duration_s": self.duration_s,
-            "vectors": {k: [float(x) for x in v] for k, v in self.vectors.items()},
             "models": self.models,
             "models_unavailable": self.models_unavailable,
             "duplicate_of": self.duplicate_of,
@@ -217,6 +216,9 @@ class ItemEmbedding:
             "frame_timestamps_s": self.frame_timestamps_s,
             "timings_ms": self.timings_ms,
         }
+        if vectors:
+            out["vectors"] = {k: [float(x) for x in v] for k, v in self.vectors.items()}
+        return out
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedder.config import DedupConfig, IndexConfig
+from embedder.config import IndexConfig
 from embedder.fingerprint import FINGERPRINT_DIM, INDEX_CROPS, QUERY_CROP, similarity_from_maxsim
-from embedder.types import FUSED, MODALITIES, ConfigError, Fingerprint, ItemEmbedding, ItemFailure, StoreError
+from embedder.types import FUSED, ConfigError, Fingerprint, ItemEmbedding, ItemFailure, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ MULTIVECTORS: tuple[str, ...] = (FINGERPRINT, FRAMES)
 # The embedding-schema generation N of a version "vN-<hash>", stored so older embeddings never overwrite newer.
 SCHEMA_SEQ = "schema_seq"
 _SEQ_RE = re.compile(r"v(\d+)(?:-|$)")
+_VECTOR_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # Fields `set_payload` may not touch: identity, the write guard and the create token.
 RESERVED_PAYLOAD = frozenset({"item_id", "schema_version", SCHEMA_SEQ})
 RRF_K = 60  # the usual RRF constant (Cormack et al.); set explicitly so both backends fuse identically
@@ -195,8 +196,6 @@ class UpsertReport:
     replaced: list[str] = field(default_factory=list)
     # Not errors: a point embedded with a newer schema is stored under the id (reason 'stale_schema').
     refused: list[ItemFailure] = field(default_factory=list)
-    # Re-uploads found by `ingest`: item id -> (the stored item it duplicates, fingerprint similarity).
-    duplicates: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -344,13 +343,15 @@ class VectorIndex(abc.ABC):
     """One version (collection) of the item index; safe for concurrent reads, usable as a context manager."""
 
     def __init__(self, cfg: IndexConfig, dims: Mapping[str, int], version: str) -> None:
-        unknown = set(dims) - {*MODALITIES, FUSED}
-        if unknown or FUSED not in dims or any(int(d) < 1 for d in dims.values()):
+        bad = [n for n in dims if not _VECTOR_NAME.fullmatch(str(n)) or n in (FINGERPRINT, FRAMES)]
+        if bad or FUSED not in dims or any(int(d) < 1 for d in dims.values()):
             raise ValueError(
-                f"dims must map a subset of {[*MODALITIES, FUSED]} (with {FUSED!r}) to sizes >= 1, got {dict(dims)}"
+                f"dims must map modality names (with {FUSED!r}; not {FINGERPRINT!r} or {FRAMES!r}) to sizes >= 1, "
+                f"got {dict(dims)}"
             )
         self._cfg = cfg
-        self._dims = {name: int(dims[name]) for name in [*MODALITIES, FUSED] if name in dims}
+        # Modalities in fused-block order (the graph's), then `fused`.
+        self._dims = {**{n: int(d) for n, d in dims.items() if n != FUSED}, FUSED: int(dims[FUSED])}
         # Multivectors this collection has; a backend drops the ones its engine refused to add (see module doc).
         self._multi = {FINGERPRINT: FINGERPRINT_DIM}
         if "visual" in self._dims:
@@ -373,6 +374,10 @@ class VectorIndex(abc.ABC):
     @property
     def dims(self) -> dict[str, int]:
         return dict(self._dims)
+
+    @property
+    def _modalities(self) -> list[str]:
+        return [m for m in self._dims if m != FUSED]
 
     @property
     def multivectors(self) -> dict[str, int]:
@@ -410,54 +415,6 @@ class VectorIndex(abc.ABC):
             )
             log.info("index %s: %r not written: a newer embedding schema is stored", self._collection, item_id)
 
-    def mark_duplicates(self, items: list[ItemEmbedding], threshold: float) -> dict[str, tuple[str, float]]:
-        """Set `duplicate_of` / `duplicate_score` on every item whose fingerprint matches a stored item (or an
-        earlier item of the same batch) at `threshold` or more; returns item id -> (original, score)."""
-        from embedder.fingerprint import similarity
-
-        found: dict[str, tuple[str, float]] = {}
-        seen: list[ItemEmbedding] = []
-        for item in items:
-            item.duplicate_of, item.duplicate_score = None, None
-            if item.fingerprint is None:
-                continue
-            best: tuple[str, float] | None = None
-            if FINGERPRINT in self.multivectors:
-                hits = self.find_duplicates(item.fingerprint, k=1, exclude_ids=[item.item_id])
-                best = hits[0] if hits else None
-            for other in seen:
-                if other.item_id != item.item_id and other.fingerprint is not None:
-                    score = similarity(item.fingerprint, other.fingerprint)
-                    if best is None or score > best[1]:
-                        best = (other.item_id, score)
-            seen.append(item)
-            if best is not None and best[1] >= threshold:
-                item.duplicate_of, item.duplicate_score = best[0], round(float(best[1]), 4)
-                found[item.item_id] = (best[0], item.duplicate_score)
-        return found
-
-    def ingest(self, items: list[ItemEmbedding], dedup: DedupConfig, semantic: Any = None) -> UpsertReport:
-        """The one write path of every consumer (CLI ingest, HTTP upload, backfill): re-upload check against the
-        index, semantic IDs when a fitted model is given (`embedder.semantic_ids.SemanticIdModel`), then
-        `upsert_checked`. Policy `flag` stores duplicates with `duplicate_of`; `reject` refuses them (reason
-        `duplicate`, naming the original) and writes the rest."""
-        if semantic is not None and items:
-            codes = semantic.assign(np.stack([it.vectors[FUSED] for it in items]))
-            for it, row in zip(items, codes, strict=True):
-                it.semantic_id = [int(c) for c in row]
-        dups = self.mark_duplicates(items, dedup.threshold) if dedup.enabled else {}
-        rejected: list[ItemFailure] = []
-        if dedup.policy == "reject" and dups:
-            rejected = [
-                ItemFailure(i, "dedup", "duplicate", f"re-upload of {orig!r} (similarity {score:.3f})")
-                for i, (orig, score) in dups.items()
-            ]
-            items = [it for it in items if it.item_id not in dups]
-        report = self.upsert_checked(items) if items else UpsertReport()
-        report.failed = rejected + report.failed
-        report.duplicates = dups
-        return report
-
     def upsert_checked(self, items: list[ItemEmbedding]) -> UpsertReport:
         """Upsert that says per item whether it `created` the point or `replaced` one; among concurrent writers
         of a new id exactly one gets `created` (the engine's insert-only write decides, not a prior read).
@@ -475,7 +432,8 @@ class VectorIndex(abc.ABC):
             token = uuid.uuid4().hex
             self._upsert([_with_token(p, token) for p in pending.values()], insert_only=True)
             pids = {p.id: item_id for item_id, p in pending.items()}
-            found = {pids[r.id]: r for r in self._retrieve_all(list(pids), with_payload=True, with_vectors=False)}
+            records = self._retrieve_all(list(pids), with_payload=[CREATE_TOKEN, SCHEMA_SEQ], with_vectors=False)
+            found = {pids[r.id]: r for r in records}
             replace: dict[str, PointData] = {}
             for item_id, p in list(pending.items()):
                 if item_id not in found:
@@ -579,7 +537,7 @@ class VectorIndex(abc.ABC):
         terms = filter_terms(flt, extra_exclude=[item_id])
         if fusion is not None:
             self._check_method(fusion)
-            names = [m for m in MODALITIES if m in stored.vectors and m in self._dims]
+            names = [m for m in self._modalities if m in stored.vectors]
             if not names:
                 raise StoreError("bad_query", f"item {item_id!r} has no modality vector to fuse")
             probes = [Probe(m, (self._check_query_vector(m, stored.vectors[m]),)) for m in names]
@@ -610,7 +568,7 @@ class VectorIndex(abc.ABC):
             self._check_using(using)
         else:
             self._check_method(fusion)
-        names = [m for m in MODALITIES if m in self._dims] if fusion is not None else [using]
+        names = self._modalities if fusion is not None else [using]
         examples = list(dict.fromkeys([*positive, *negative]))
         pids = {point_id(i): i for i in examples}
         found = {pids[r.id]: r for r in self._retrieve_all(list(pids), with_payload=False, with_vectors=names)}

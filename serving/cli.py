@@ -19,7 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from embedder.config import ReelvecConfig, load_config
-from embedder.types import ConfigError, MediaError, ModelUnavailableError, ReelvecError, StoreError
+from embedder.fusion import late_fusion
+from embedder.reasons import reason
+from embedder.types import ConfigError, MediaError, ReelvecError, StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="reelvec: multimodal short-video embeddings.")
 models_app = typer.Typer(no_args_is_help=True, help="Model cards: list, pull and verify weights.")
@@ -48,18 +50,10 @@ UntilOpt = Annotated[
 ]
 ExcludeOpt = Annotated[list[str] | None, typer.Option(help="Item id to leave out (repeatable).")]
 
-EXIT_CODES: dict[type[ReelvecError], int] = {
-    MediaError: 2,
-    ConfigError: 2,
-    ModelUnavailableError: 3,
-    StoreError: 4,
-}
-
 
 def exit_code_for(e: ReelvecError) -> int:
-    if isinstance(e, StoreError) and e.reason in ("unknown_item", "bad_query", "unknown_version"):
-        return 2
-    return next((code for cls, code in EXIT_CODES.items() if isinstance(e, cls)), 1)
+    """The CLI exit code of a reason (the registry in embedder/reasons.py)."""
+    return reason(e.reason).exit
 
 
 def say_error(styled: str, plain: str) -> None:
@@ -348,19 +342,15 @@ def ingest(
 
     from embedder.pipeline import ItemEmbedder
     from embedder.types import ItemEmbedding, ItemFailure
-    from serving.semantic import load_model as load_semantic
+    from serving.owner import IndexOwner, WriteReport
 
     with cli_errors(as_json):
         cfg = get_config(config)
         items = collect_items(paths, cfg.limits, item_id, caption, hashtag or [], creator)
-        index = _open_index(cfg)
+        owner = IndexOwner.open(cfg, _spec(cfg))
         emb = None
-        created: list[str] = []
-        replaced: list[str] = []
-        failed: list[ItemFailure] = []
-        duplicates: dict[str, tuple[str, float]] = {}
+        written = WriteReport()
         try:
-            semantic = load_semantic(cfg, index.collection, _spec(cfg).schema_version)
             emb = ItemEmbedder(cfg)
             columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*columns, console=err, disable=as_json or len(items) < 2) as bar:
@@ -368,26 +358,25 @@ def ingest(
                 step = cfg.backfill.batch_size
                 for s in range(0, len(items), step):
                     results = emb.embed_batch(items[s : s + step])
-                    good = [r for r in results if isinstance(r, ItemEmbedding)]
-                    failed += [r for r in results if isinstance(r, ItemFailure)]
-                    report = index.ingest(good, cfg.dedup, semantic)
-                    failed += report.failed + report.refused
-                    created += report.created
-                    replaced += report.replaced
-                    duplicates.update(report.duplicates)
+                    written.failed += [r for r in results if isinstance(r, ItemFailure)]
+                    report = owner.write([r for r in results if isinstance(r, ItemEmbedding)])
+                    written.written += report.written
+                    written.failed += report.failed
                     bar.advance(task, len(results))
+            created, replaced, failed = written.created, written.replaced, written.failed
+            duplicates = written.duplicates
             summary = {
                 "created": created,
                 "replaced": replaced,
                 "failed": [f.__dict__ for f in failed],
                 "duplicates": {i: {"duplicate_of": d, "duplicate_score": sc} for i, (d, sc) in duplicates.items()},
-                "count": index.count(),
-                "collection": index.collection,
-                "version": index.version,
+                "count": owner.index.count(),
+                "collection": owner.index.collection,
+                "version": owner.index.version,
                 "unavailable_models": emb.unavailable,
             }
         finally:
-            index.close()
+            owner.close()
             if emb is not None:
                 emb.close()
 
@@ -437,7 +426,7 @@ def search(
         _check_k(k)
         cfg = get_config(config)
         mode = _fusion(cfg, fusion)
-        late = mode if using == "fused" and mode != "vector" else None
+        late = mode if late_fusion(using, mode) else None
         if moments and text is None:
             raise StoreError("bad_query", "--moments applies to a TEXT query")
         flt = _filter(creator, language, since, until, exclude)
@@ -496,7 +485,7 @@ def recommend(
         flt = _filter(creator, language, since, until, exclude)
         with _open_index(cfg, create=False) as index:
             mode = _fusion(cfg, fusion)
-            late = mode if using == "fused" and mode != "vector" else None
+            late = mode if late_fusion(using, mode) else None
             hits = index.recommend(pos, neg, using=using, k=k, flt=flt, fusion=late)
     _print_hits(hits, as_json, f"recommend for +{','.join(pos)}" + (f" -{','.join(neg)}" if neg else ""))
 

@@ -23,61 +23,41 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.schema import LoggingConfig, ServeDeploySchema
 
 from embedder.config import ENV_PREFIX, ReelvecConfig, load_config
-from embedder.pipeline import embedding_spec, unavailable_models
+from embedder.graph import Graph
+from embedder.pipeline import embedding_spec
+from embedder.steps import GRAPH
 from embedder.types import ConfigError
-from serving.deployments import (
-    AsrDeployment,
-    ClipDeployment,
-    DecodeDeployment,
-    IndexWriter,
-    OcrDeployment,
-    TextDeployment,
-)
+from serving.graph_serve import bind_steps
 from serving.http.admission import Admission
 from serving.http.app import Ingress
 from serving.http.errors import RETRY_AFTER_S
+from serving.index_writer import IndexWriter
 
 APP_NAME = "reelvec"
 # The ingress mostly awaits handles; this bounds requests it holds at once, independently of batch size.
 _INGRESS_MIN_ONGOING = 32
-# Decode runs one item at a time per replica; one more waits inside so the replica never idles.
-_SERIAL_ONGOING = 2
-MODEL_DEPLOYMENTS = {"asr": AsrDeployment, "ocr": OcrDeployment, "clip": ClipDeployment, "text": TextDeployment}
 
 
-def _opts(replicas: int, max_ongoing: int, num_cpus: float = 0.0, num_gpus: float = 0.0) -> dict[str, Any]:
+def _opts(replicas: int, max_ongoing: int) -> dict[str, Any]:
     return {
         "num_replicas": replicas,
         "max_ongoing_requests": max_ongoing,
-        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+        "ray_actor_options": {"num_cpus": 0.0},
         "logging_config": LoggingConfig(encoding="JSON"),
     }
 
 
-def build_app(cfg: ReelvecConfig) -> serve.Application:
-    """The whole online path as one Serve application; replicas, resources and batching from `cfg.serve`."""
+def build_app(cfg: ReelvecConfig, graph: Graph = GRAPH) -> serve.Application:
+    """The whole online path as one Serve application: a deployment per step of the graph, the index owner and
+    the ingress; replicas, resources and batching from `cfg.serve`."""
     s = cfg.serve
-    spec = embedding_spec(cfg)
-    # @serve.batch only fills when a replica may hold a full batch per concurrent batch (see the issue); twice
-    # that lets the next batch gather while one runs, so the model never waits for its queue to refill.
-    batch_capacity = 2 * s.max_batch_size * s.max_concurrent_batches
-    batching = {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s}
+    spec = embedding_spec(cfg, graph)
     # Embedded Qdrant Edge: one process may open the path, so exactly one owner; a server takes many writers
     # (":memory:" is per process, so it too must have a single owner).
     shared_server = cfg.index.backend == "qdrant" and cfg.index.url not in (None, ":memory:")
-    writer_replicas = s.ingress_replicas if shared_server else 1
-    cpu, gpu = s.num_cpus_per_model, s.num_gpus_per_model
-    ocr_on = cfg.models.ocr.card not in unavailable_models(cfg)
-    decode = DecodeDeployment.options(**_opts(s.decode_replicas, _SERIAL_ONGOING, cpu)).bind(cfg, ocr_on)
-    replicas = {"asr": s.asr_replicas, "ocr": s.ocr_replicas, "clip": s.clip_replicas, "text": s.text_replicas}
-    models = {
-        role: deployment.options(**_opts(replicas[role], batch_capacity, cpu, gpu), user_config=batching).bind(cfg)
-        for role, deployment in MODEL_DEPLOYMENTS.items()
-    }
-    # Ingress and index owner mostly wait on I/O: like Serve's proxy they reserve no CPU, so the default
-    # config (4 models x 0.5 CPU) fits a 2-core machine.
-    writer = IndexWriter.options(**_opts(writer_replicas, _INGRESS_MIN_ONGOING)).bind(
-        cfg, spec.dims, spec.schema_version
+    # Ingress and index owner mostly wait on I/O: like Serve's proxy they reserve no CPU.
+    writer = IndexWriter.options(**_opts(s.ingress_replicas if shared_server else 1, _INGRESS_MIN_ONGOING)).bind(
+        cfg, spec
     )
     # The ingress admits every request at once (a slow client must never hold /healthz's slot); its own gates
     # then bound uploads, body readers and anonymous clients with a JSON 503 (serving/http/admission.py).
@@ -89,7 +69,7 @@ def build_app(cfg: ReelvecConfig) -> serve.Application:
         max_queued_requests=admission.ingress_ongoing(),
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
     )
-    return ingress.bind(cfg, decode, models, writer, admission)
+    return ingress.bind(cfg, graph, bind_steps(cfg, graph), writer, admission)
 
 
 def app_from_config(args: dict[str, Any] | None = None) -> serve.Application:

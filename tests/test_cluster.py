@@ -47,18 +47,25 @@ def _manifest(tmp: Path, clips: list[dict[str, Any]]) -> Path:
 def test_plan_from_available_resources() -> None:
 
     bf = BackfillConfig()
-    roomy = plan_resources({"CPU": 16.0}, bf, ["asr", "ocr", "text"])
+    roomy = plan_resources({"CPU": 16.0}, bf, {"decode": False, "asr": True, "ocr": True, "text": True})
     assert roomy.stages["asr"].num_cpus == 0.5 and roomy.stages["decode"].max_size == bf.decode_concurrency
     for free in (2.0, 1.0, 0.5):
-        p = plan_resources({"CPU": free}, bf, ["asr", "ocr", "text"])
+        p = plan_resources({"CPU": free}, bf, {"decode": False, "asr": True, "ocr": True, "text": True})
         assert p.cpus <= free and all(s.min_size == 1 <= s.max_size for s in p.stages.values()), (free, p)
     with pytest.raises(ConfigError) as e:
-        plan_resources({"CPU": 0.2}, bf, ["asr", "ocr", "text"], address="10.0.0.1:6379")
+        plan_resources(
+            {"CPU": 0.2}, bf, {"decode": False, "asr": True, "ocr": True, "text": True}, address="10.0.0.1:6379"
+        )
     assert e.value.reason == "insufficient_resources" and "10.0.0.1:6379 has 0.2 CPU free" in e.value.detail
     gpu = BackfillConfig(num_gpus=1.0)
     with pytest.raises(ConfigError, match="GPU"):
-        plan_resources({"CPU": 8.0, "GPU": 1.0}, gpu, ["asr", "text"])
-    assert plan_resources({"CPU": 8.0, "GPU": 2.0}, gpu, ["asr", "text"]).stages["asr"].num_gpus == 1.0
+        plan_resources({"CPU": 8.0, "GPU": 1.0}, gpu, {"decode": False, "asr": True, "text": True})
+    assert (
+        plan_resources({"CPU": 8.0, "GPU": 2.0}, gpu, {"decode": False, "asr": True, "text": True})
+        .stages["asr"]
+        .num_gpus
+        == 1.0
+    )
 
 
 @pytest.fixture

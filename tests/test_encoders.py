@@ -113,7 +113,7 @@ def test_missing_clip_optional_warns_and_pipeline_runs(tmp_path: Path, caplog: p
     with caplog.at_level(logging.WARNING):
         emb = ItemEmbedder(cfg)
     try:
-        assert emb.models.clip is None and cfg.models.clip.card in emb.unavailable
+        assert "visual" not in emb.models and cfg.models.clip.card in emb.unavailable
         assert any("MODEL UNAVAILABLE" in r.message and "models pull" in r.message for r in caplog.records)
         q = emb.encode_query("cooking pasta")
         assert "visual" not in q and q["fused"].shape == (embedding_spec(cfg).dims["fused"],)
@@ -135,6 +135,10 @@ def test_pipeline_uses_tiny_clip_when_configured(tiny_clip_card: Path, tmp_path:
         q = emb.encode_query("a rocket in space")
         assert q["visual"].shape == (32,)
         assert emb.spec.dims["visual"] == 32 and emb.spec.dims["fused"] == 32 + 3 * 384
-        assert emb.models.clip is not None and emb.models.clip.card.id == "tiny-clip-test" and not emb.unavailable
+        assert (
+            emb.models.get("visual") is not None
+            and emb.models["visual"].card.id == "tiny-clip-test"
+            and not emb.unavailable
+        )
     finally:
         emb.close()

@@ -23,6 +23,7 @@ from embedder.pipeline import ItemEmbedder
 from embedder.types import ItemEmbedding
 from index import VectorIndex, open_index
 from serving.evaluation import EvalQuery, evaluate, gate
+from serving.owner import IndexOwner, WriteReport
 from serving.semantic import fit_index, load_model
 from tests.conftest import CLIPS, SAMPLES
 
@@ -50,6 +51,11 @@ def embedded(item_embedder: ItemEmbedder, tmp_path_factory: pytest.TempPathFacto
     return out
 
 
+def _write(index: VectorIndex, items: list[ItemEmbedding], dedup: DedupConfig, semantic: Any = None) -> WriteReport:
+    """Write through the one index owner, as every consumer does."""
+    return IndexOwner(index, dedup, semantic).write(items)
+
+
 def _copy(e: ItemEmbedding) -> ItemEmbedding:
     """A fresh copy (ingest marks items in place)."""
     from dataclasses import replace
@@ -71,11 +77,11 @@ def index(request: pytest.FixtureRequest, tmp_path: Path, item_embedder: ItemEmb
 
 def test_reupload_is_flagged_and_a_same_topic_clip_is_not(index: VectorIndex, embedded: dict[str, Any]) -> None:
     originals = [_copy(embedded[i]) for i in ORIGINALS]
-    first = index.ingest(originals, DedupConfig())
+    first = _write(index, originals, DedupConfig())
     assert not first.duplicates and sorted(first.created) == sorted(ORIGINALS)  # 4 topics, no false flags
     copies = [_copy(e) for i, e in embedded.items() if i.startswith("copy_")]
     assert len(copies) >= 4
-    report = index.ingest(copies, DedupConfig())
+    report = _write(index, copies, DedupConfig())
     assert {i: d for i, (d, _) in report.duplicates.items()} == {c.item_id: "cooking_01" for c in copies}
     stored = index.get("copy_trim").payload
     assert stored["duplicate_of"] == "cooking_01" and stored["duplicate_score"] >= DedupConfig().threshold
@@ -83,20 +89,20 @@ def test_reupload_is_flagged_and_a_same_topic_clip_is_not(index: VectorIndex, em
 
 
 def test_reject_policy_refuses_with_the_original_named(index: VectorIndex, embedded: dict[str, Any]) -> None:
-    index.ingest([_copy(embedded["cooking_01"])], DedupConfig())
-    report = index.ingest([_copy(embedded["copy_mirror"]), _copy(embedded["soccer_01"])], DedupConfig(policy="reject"))
+    _write(index, [_copy(embedded["cooking_01"])], DedupConfig())
+    report = _write(index, [_copy(embedded["copy_mirror"]), _copy(embedded["soccer_01"])], DedupConfig(policy="reject"))
     assert [(f.item_id, f.reason) for f in report.failed] == [("copy_mirror", "duplicate")]
     assert "cooking_01" in report.failed[0].detail
     assert report.created == ["soccer_01"] and "copy_mirror" not in index.existing(["copy_mirror"])
 
 
 def test_transcript_and_ocr_moments(index: VectorIndex, embedded: dict[str, Any], item_embedder: ItemEmbedder) -> None:
-    index.ingest([_copy(embedded[i]) for i in ORIGINALS], DedupConfig(enabled=False))
+    _write(index, [_copy(embedded[i]) for i in ORIGINALS], DedupConfig(enabled=False))
     q = item_embedder.encode_query("cooking pasta with fresh tomato sauce")
     hits = index.search(q["fused"], k=3)
     assert hits[0].item_id == "cooking_01"
     payloads = [{"item_id": h.item_id, **index.get(h.item_id).payload} for h in hits]
-    enc = item_embedder.models.text
+    enc = item_embedder.models["text"]
     assert enc is not None
     moments = find_moments(payloads, q, lambda t: enc.encode(t, kind="document"), {})
     m = moments[0]
@@ -114,7 +120,7 @@ def test_semantic_ids_fit_assign_and_new_items(
     index: VectorIndex, embedded: dict[str, Any], item_embedder: ItemEmbedder, tmp_path: Path
 ) -> None:
     cfg = ReelvecConfig(data_dir=tmp_path)
-    index.ingest([_copy(embedded[i]) for i in ORIGINALS], DedupConfig(enabled=False))
+    _write(index, [_copy(embedded[i]) for i in ORIGINALS], DedupConfig(enabled=False))
     report = fit_index(cfg, index, item_embedder.spec.schema_version, levels=3, codebook_size=4)
     assert report["items"] == len(ORIGINALS) and report["levels"] == 3
     sid = index.get("soccer_01").payload["semantic_id"]
@@ -122,7 +128,7 @@ def test_semantic_ids_fit_assign_and_new_items(
     model = load_model(cfg, index.collection, item_embedder.spec.schema_version)
     assert model is not None
     new = _copy(embedded["copy_reencode"])
-    index.ingest([new], DedupConfig(enabled=False), model)
+    _write(index, [new], DedupConfig(enabled=False), model)
     assert new.semantic_id == [int(c) for c in model.assign(new.vectors["fused"][None, :])[0]]
     assert index.get("copy_reencode").payload["semantic_id"] == new.semantic_id
 
@@ -131,7 +137,7 @@ def test_semantic_ids_refuse_a_stale_schema(index: VectorIndex, embedded: dict[s
     from embedder.types import ConfigError
 
     cfg = ReelvecConfig(data_dir=tmp_path)
-    index.ingest([_copy(embedded[i]) for i in ORIGINALS], DedupConfig(enabled=False))
+    _write(index, [_copy(embedded[i]) for i in ORIGINALS], DedupConfig(enabled=False))
     fit_index(cfg, index, "v2-aaaa", levels=2, codebook_size=2)
     with pytest.raises(ConfigError) as e:
         load_model(cfg, index.collection, "v2-bbbb")
@@ -149,7 +155,7 @@ def test_quality_gate_refuses_a_worse_version(
     ]
     good_cfg = IndexConfig(backend="edge", path=tmp_path / "good")
     with open_index(good_cfg, spec.dims, spec.schema_version) as good:
-        good.ingest([_copy(embedded[i]) for i in ORIGINALS], DedupConfig(enabled=False))
+        _write(good, [_copy(embedded[i]) for i in ORIGINALS], DedupConfig(enabled=False))
         live = evaluate(good, item_embedder.encode_query, queries, k=1)
     # "worse on purpose": the stored fused vectors scrambled, as a broken fusion config would leave them
     worse_items = []
@@ -158,7 +164,7 @@ def test_quality_gate_refuses_a_worse_version(
         e.vectors["fused"] = np.roll(e.vectors["fused"], 7)  # scrambled blocks: fused no longer means anything
         worse_items.append(e)
     with open_index(IndexConfig(backend="edge", path=tmp_path / "bad"), spec.dims, spec.schema_version) as bad:
-        bad.ingest(worse_items, DedupConfig(enabled=False))
+        _write(bad, worse_items, DedupConfig(enabled=False))
         new = evaluate(bad, item_embedder.encode_query, queries, k=1)
     assert live.recall == 1.0 and new.recall < live.recall
     assert not gate(new, live, max_drop=0.02).swap and gate(live, live, max_drop=0.0).swap

@@ -57,7 +57,7 @@ def svc(ray_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
         REELVEC__SERVE__PUBLIC_READ="true",
         REELVEC__SERVE__BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
         REELVEC__SERVE__MAX_BATCH_SIZE="4",
-        REELVEC__SERVE__MAX_QUEUED_REQUESTS="4",
+        REELVEC__SERVE__EXTRA_BODY_READERS="4",
         REELVEC__SERVE__NUM_CPUS_PER_MODEL="0.25",
     )
     spec = embedding_spec(cfg)

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 from embedder.config import ReelvecConfig
-from embedder.pipeline import ItemEmbedder, Work, embedding_spec
+from embedder.pipeline import ItemEmbedder, embedding_spec
 from embedder.types import FUSED, DecodedMedia, ItemInput, MediaError, ModelUnavailableError, Probe, StoreError
+from embedder.work import Work
 from serving.http.errors import ApiError, error_headers, status_for
 from tests.conftest import SAMPLES, free_port, make_config
 
@@ -138,7 +139,7 @@ def service(
         REELVEC__MODELS__CLIP__CARD=str(tiny_clip_card),
         REELVEC__SERVE__API_KEY=API_KEY,
         REELVEC__SERVE__MAX_BATCH_SIZE="4",
-        REELVEC__SERVE__MAX_QUEUED_REQUESTS="4",
+        REELVEC__SERVE__EXTRA_BODY_READERS="4",
         REELVEC__SERVE__NUM_CPUS_PER_MODEL="0.25",
     )
     spec = embedding_spec(cfg)
@@ -203,19 +204,20 @@ def test_deployment_options_follow_config(tmp_path: Path) -> None:
         tmp_path,
         REELVEC__SERVE__MAX_BATCH_SIZE="6",
         REELVEC__SERVE__MAX_CONCURRENT_BATCHES="2",
-        REELVEC__SERVE__TEXT_REPLICAS="2",
-        REELVEC__SERVE__MAX_QUEUED_REQUESTS="7",
+        REELVEC__SERVE__REPLICAS='{"text": 2}',
+        REELVEC__SERVE__EXTRA_BODY_READERS="7",
     )
     ingress = build_app(cfg)._bound_deployment
     deps = {ingress.name: ingress}
     bound = [a for a in ingress.init_args if hasattr(a, "_bound_deployment")]
     bound += [a for arg in ingress.init_args if isinstance(arg, dict) for a in arg.values()]
     deps.update({a._bound_deployment.name: a._bound_deployment for a in bound})
-    assert deps["TextDeployment"].max_ongoing_requests == 24 and deps["TextDeployment"].num_replicas == 2
-    assert deps["ClipDeployment"].max_ongoing_requests == 24
-    assert deps["TextDeployment"].user_config == {"max_batch_size": 6, "batch_wait_timeout_s": 0.05}
+    assert deps["step_text"].max_ongoing_requests == 24 and deps["step_text"].num_replicas == 2
+    assert deps["step_visual"].max_ongoing_requests == 24 and deps["step_visual"].num_replicas == 1
+    assert deps["step_decode"].max_ongoing_requests == 2  # serial: one item decoding, one waiting
+    assert deps["step_text"].user_config == {"max_batch_size": 6, "batch_wait_timeout_s": 0.05}
     assert deps["IndexWriter"].num_replicas == 1
-    assert deps["TextDeployment"].ray_actor_options["num_cpus"] == cfg.serve.num_cpus_per_model
+    assert deps["step_text"].ray_actor_options["num_cpus"] == cfg.serve.num_cpus_per_model
     admission = next(a for a in ingress.init_args if isinstance(a, Admission))
     assert (admission.media, admission.bodies, admission.anonymous) == (48, 55, 13)
     assert deps["Ingress"].max_ongoing_requests == deps["Ingress"].max_queued_requests == 48 + 55 + 13 + 64
@@ -226,7 +228,7 @@ def test_locked_index_is_503_then_ready(service: Service) -> None:
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json() == {
         "ready": False,
-        "models": {"clip": "loaded", "text": "loaded", "asr": "loaded", "ocr": "loaded"},
+        "models": {"decode": "loaded", "asr": "loaded", "ocr": "loaded", "visual": "loaded", "text": "loaded"},
         "index": {"reachable": False, "error": "locked"},
     }
     for name in ("upload", "clip_search"):  # garbage media: `locked`, not `not_a_video`, so nothing was decoded
@@ -241,7 +243,7 @@ def test_health_ready_docs(service: Service) -> None:
     assert ready.status_code == 200
     assert ready.json() == {
         "ready": True,
-        "models": {"clip": "loaded", "text": "loaded", "asr": "loaded", "ocr": "loaded"},
+        "models": {"decode": "loaded", "asr": "loaded", "ocr": "loaded", "visual": "loaded", "text": "loaded"},
         "index": {"reachable": True},
     }
     assert service.anon.get("/docs").status_code == 200
@@ -475,11 +477,16 @@ def test_metrics_and_structured_logs(service: Service, clips: list[dict[str, Any
     assert any(r.get("request_id") == rid and r.get("reason") == "too_large" for r in records)
 
 
-def test_clip_deployment_batches(ray_cluster: dict[str, Any], tiny_clip_card: Path, tmp_path: Path) -> None:
-    """The CLIP deployment's batched methods equal the encoder; without weights it reports itself off."""
-    from serving.deployments import ClipDeployment
+def test_step_deployment_batches(ray_cluster: dict[str, Any], tiny_clip_card: Path, tmp_path: Path) -> None:
+    """The generic step deployment, as the visual step: batched methods equal the encoder; media sent by
+    reference are fetched by the replica; without weights it reports itself off."""
+    import ray
 
-    on = ClipDeployment.func_or_class(make_config(tmp_path, REELVEC__MODELS__CLIP__CARD=str(tiny_clip_card)))
+    from embedder.steps import GRAPH
+    from serving.graph_serve import StepDeployment
+
+    cfg = make_config(tmp_path, REELVEC__MODELS__CLIP__CARD=str(tiny_clip_card))
+    on = StepDeployment.func_or_class(cfg, GRAPH, "visual")
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (3, 48, 64, 3), dtype=np.uint8), rng.integers(0, 255, (5, 40, 40, 3), np.uint8)]
     probe = Probe(1.0, 3.0, 64, 48, 3, False, "h264", 1)
@@ -487,11 +494,14 @@ def test_clip_deployment_batches(ray_cluster: dict[str, Any], tiny_clip_card: Pa
         Work(ItemInput(f"w{i}", b""), DecodedMedia(probe, f, [0.0] * len(f), list(range(len(f))), None, "pyav", len(f)))
         for i, f in enumerate(frames)
     ]
+    works[1] = works[1].with_media({"frames": ray.put(frames[1])})  # by reference, as from the decode replica
     got = asyncio.run(on._run(works))
     assert np.allclose(np.stack([w.vectors["visual"] for w in got]), on.model.encode_frames(frames), atol=1e-5)
-    assert np.allclose(asyncio.run(on._encode_text(["a rocket"]))[0], on.model.encode_text(["a rocket"])[0])
-    assert on.info().loaded and on.batch_sizes() == {"clip.run": {2: 1}, "clip.encode_text": {1: 1}}
+    assert all(not w.decoded.frames.size for w in got)  # nothing heavy travels back
+    query = asyncio.run(on._encode_query(["a rocket"]))[0]
+    assert np.allclose(query["visual"], on.model.encode_text(["a rocket"])[0])
+    assert on.info().loaded and on.batch_sizes() == {"visual.run": {2: 1}, "visual.encode_query": {1: 1}}
     on.reconfigure({"max_batch_size": 3, "batch_wait_timeout_s": 0.2})  # Serve's user_config hook
-    assert on.run._get_max_batch_size() == 3 and on.encode_text._get_batch_wait_timeout_s() == 0.2
-    off = ClipDeployment.func_or_class(make_config(tmp_path)).info()
+    assert on.run._get_max_batch_size() == 3 and on.encode_query._get_batch_wait_timeout_s() == 0.2
+    off = StepDeployment.func_or_class(make_config(tmp_path), GRAPH, "visual").info()
     assert not off.loaded and off.version is None and not off.required

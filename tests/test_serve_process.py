@@ -192,7 +192,7 @@ def test_write_config_is_a_valid_serve_deploy_config(tmp_path: Path) -> None:
     from embedder.config import load_config
 
     cfgf = tmp_path / "reelvec.yaml"
-    cfgf.write_text("serve:\n  text_replicas: 3\n")
+    cfgf.write_text("serve:\n  replicas: {text: 3}\n")
     out = tmp_path / "serve.yaml"
     env = {**os.environ, **temp_env(tmp_path), "REELVEC__SERVE__API_KEY": "secret-key"}
     proc = subprocess.run(
@@ -209,13 +209,13 @@ def test_write_config_is_a_valid_serve_deploy_config(tmp_path: Path) -> None:
     app = schema.applications[0]
     assert app.route_prefix == "/" and app.args == {"config": str(cfgf)}
     deployments = {d.name: d for d in app.deployments}
-    assert deployments["TextDeployment"].num_replicas == 3 and "Ingress" in deployments
+    assert deployments["step_text"].num_replicas == 3 and "Ingress" in deployments
     assert app.runtime_env["env_vars"]["REELVEC__INDEX__PATH"] == str(tmp_path / "index")
     assert "secret-key" not in out.read_text()
     builder = importlib.import_module(app.import_path.split(":")[0])
     built = getattr(builder, app.import_path.split(":")[1])(app.args)
     assert isinstance(built, ray.serve.Application)
-    assert load_config(cfgf).serve.text_replicas == 3
+    assert load_config(cfgf).serve.replicas == {"text": 3}
 
 
 def test_detach_needs_a_cluster(tmp_path: Path) -> None:

@@ -15,22 +15,20 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from embedder.config import ReelvecConfig
-from embedder.pipeline import ROLES, EmbeddingSpec, embedding_spec, unavailable_models
+from embedder.graph import Graph
+from embedder.pipeline import EmbeddingSpec, embedding_spec, unavailable_models
+from embedder.steps import GRAPH
 from embedder.types import ConfigError, ReelvecError
 from serving.backfill.ledger import Ledger
 from serving.backfill.plan import Plan, plan_resources
 from serving.backfill.report import BackfillReport
-from serving.backfill.stages import (
-    MODEL_STAGES,
-    DecodeStage,
-    normalize_batch,
-    read_manifest,
-    write_batch,
-)
+from serving.backfill.stages import StepStage, normalize_batch, read_manifest, write_batch
 from serving.backfill.writer import call, start_writer, stop_writer
 from serving.manifest import ManifestInfo, inspect_manifest, manifest_roots
 
@@ -47,17 +45,34 @@ def _absolute(cfg: ReelvecConfig) -> ReelvecConfig:
     return c
 
 
+@dataclass(frozen=True)
+class Steps:
+    """The graph's steps this backfill runs (their models are available) and what is missing."""
+
+    full: Graph  # as declared: what the index's vectors are made of
+    graph: Graph  # the steps that run (a slice of `full`)
+    unavailable: list[str]  # card ids of configured models not available (their modality is off)
+    available: list[str]  # card ids available now (a stored item embedded without one of them is redone)
+
+    @classmethod
+    def of(cls, cfg: ReelvecConfig, graph: Graph) -> Steps:
+        unavailable = unavailable_models(cfg, graph)
+        for card in unavailable:
+            log.warning("MODEL UNAVAILABLE: %s — its modality is switched off for this whole backfill", card)
+        runs = [s.name for s in graph.steps if s.role is None or s.card(cfg) not in unavailable]
+        cards = [s.card(cfg) for s in graph.steps if s.role and s.name in runs]
+        return cls(graph, graph.only(runs), unavailable, cards)  # type: ignore[arg-type]
+
+    def stages(self) -> dict[str, bool]:
+        """Stage name -> whether it runs a model (for the resource plan)."""
+        return {s.name: s.role is not None for s in self.graph.steps}
+
+
 def build_pipeline(
-    cfg: ReelvecConfig,
-    info: ManifestInfo,
-    spec: EmbeddingSpec,
-    writer: Any,
-    force: bool,
-    models: dict[str, bool],
-    unavailable: list[str],
-    plan: Plan,
+    cfg: ReelvecConfig, info: ManifestInfo, spec: EmbeddingSpec, writer: Any, force: bool, steps: Steps, plan: Plan
 ) -> Any:
-    """The Ray Data plan: read → normalize/resume → decode (actors) → ASR / OCR / CLIP / text (actors) → write."""
+    """The Ray Data plan: read → normalize/resume → one `StepStage` per step of the graph, each an actor pool that
+    passes on only the media later stages read → write through the writer actor."""
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     bf = cfg.backfill
@@ -84,28 +99,21 @@ def build_pipeline(
         # One normalize task at a time, in manifest order, so of rows sharing an id the first one is kept.
         compute=TaskPoolStrategy(size=1),
     )
-    ds = ds.map_batches(
-        DecodeStage,
-        fn_constructor_kwargs={"cfg": cfg, "keep_frames": models["clip"], "ocr_frames": models["ocr"]},
-        batch_format="pyarrow",
-        batch_size=bf.batch_size,
-        **pool("decode"),
-    )
-    for name, stage in MODEL_STAGES.items():
-        if not models[name]:
-            continue
+    graph = steps.graph
+    for index, step in enumerate(graph.steps):
+        keep = sorted(graph.stage_keeps(index + 1))
         ds = ds.map_batches(
-            stage,
-            fn_constructor_kwargs={"cfg": cfg},
+            StepStage,
+            fn_constructor_kwargs={"cfg": cfg, "graph": graph, "steps": [step.name], "keep": keep},
             batch_format="pyarrow",
             batch_size=bf.batch_size,
-            **pool(name),
+            **pool(step.name),
         )
     return ds.map_batches(
         write_batch,
         batch_format="pyarrow",
         batch_size=bf.upsert_batch_size,
-        fn_kwargs={"writer": writer, "spec": spec, "unavailable": unavailable},
+        fn_kwargs={"writer": writer, "spec": spec, "unavailable": steps.unavailable},
         num_cpus=plan.cpu_task,
         compute=TaskPoolStrategy(size=2),
     )
@@ -143,9 +151,9 @@ def _address() -> str:
     return str(ray.get_runtime_context().gcs_address)
 
 
-def _quality_gate(cfg: ReelvecConfig, spec: EmbeddingSpec, writer: Any, report: BackfillReport) -> bool:
+def _quality_gate(cfg: ReelvecConfig, graph: Graph, writer: Any, report: BackfillReport) -> bool:
     """Recall@k of `eval.queries` on the new version vs. the live one; True when the alias may move."""
-    from embedder.pipeline import Models, encode_query
+    from embedder.pipeline import ItemEmbedder
     from serving.evaluation import gate, load_queries
 
     if cfg.eval.queries is None:
@@ -153,8 +161,8 @@ def _quality_gate(cfg: ReelvecConfig, spec: EmbeddingSpec, writer: Any, report: 
         report.gate = {"swap": True, "reason": "not gated: eval.queries is not set"}
         return True
     queries = load_queries(cfg.eval.queries)
-    models = Models.load(cfg, roles=("clip", "text"))
-    fused = [encode_query(models, spec, q.query)["fused"] for q in queries]
+    encoder = ItemEmbedder(cfg, graph, steps=[s.name for s in graph.steps if s.query is not None])
+    fused = [encoder.encode_query(q.query)["fused"] for q in queries]
     new = call(writer.evaluate.remote(fused, queries, cfg.eval.k, None))
     live_version = call(writer.alias.remote())
     live = None
@@ -184,10 +192,12 @@ def _unwrapped(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Re-raise a job-level Ray failure as a reelvec error (one clear CLI line instead of a Ray traceback)."""
     import ray
 
+    from serving.rayerrors import cause_of
+
     try:
         yield from rows
     except ray.exceptions.RayError as e:
-        cause = getattr(e, "cause", None)
+        cause = cause_of(e)
         if isinstance(cause, ReelvecError):
             raise cause from e
         log.error("the Ray Data job failed: %s", e)
@@ -198,6 +208,119 @@ def iter_results(ds: Any) -> Iterator[dict[str, Any]]:
     """Stream the final status rows as Ray Data produces them."""
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         yield from batch.drop_columns(["work"]).to_pylist()
+
+
+@dataclass
+class _Run:
+    """One backfill's state between its phases (session → plan → execute → finalize)."""
+
+    cfg: ReelvecConfig
+    info: ManifestInfo
+    spec: EmbeddingSpec
+    steps: Steps
+    report: BackfillReport
+    ledger_path: Path
+    writer: Any = None
+    sink: Ledger | None = None
+    bar: Any = None
+    failures: Counter[str] = field(default_factory=Counter)
+    stage_ms: Counter[str] = field(default_factory=Counter)
+
+
+@contextmanager
+def _session(address: str | None) -> Iterator[None]:
+    """Ray (joined at `address`, or local) with Ray Data's own progress bars off and its resource limits set to
+    what is free now (another job's reservations are not ours to use); everything restored on the way out."""
+    import ray
+    from ray.data import DataContext, ExecutionResources
+
+    check_address(address)
+    started = _start_ray(address)
+    ctx = DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.execution_options.resource_limits
+    ctx.enable_progress_bars = False  # our own bar counts items; Ray's per-operator bars count blocks
+    try:
+        free = ray.available_resources()
+        ctx.execution_options.resource_limits = ExecutionResources(cpu=free.get("CPU", 0.0), gpu=free.get("GPU", 0.0))
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.execution_options.resource_limits = saved
+        if started:
+            ray.shutdown()
+
+
+def _plan(run: _Run, target_version: str | None, force: bool, progress: bool) -> Any:
+    """Size the stages to the free resources, start the writer actor (it holds the target version) and the
+    ledger, and build the Ray Data plan."""
+    import ray
+
+    free = ray.available_resources()
+    plan = plan_resources(free, run.cfg.backfill, run.steps.stages(), address=_address())
+    log.info("backfill plan for %s CPU free: %s", free.get("CPU", 0), plan)
+    run.writer = start_writer(run.cfg, run.spec, target_version, run.steps.available)
+    run.sink = Ledger(run.ledger_path)  # opened (and truncated) only once the index is ours
+    run.bar = _progress_bar(run.info.rows, progress)
+    run.report.version = call(run.writer.version.remote())
+    log.info("backfill of %s (%d rows) into version %s", run.info.path, run.info.rows, run.report.version)
+    if target_version is None and run.report.version != run.spec.schema_version:
+        log.warning(
+            "the alias serves version %s but this config embeds schema %s: items are re-embedded into the "
+            "live version and mix with older vectors; use --target-version NEW --swap-alias for an upgrade",
+            run.report.version,
+            run.spec.schema_version,
+        )
+    return build_pipeline(run.cfg, run.info, run.spec, run.writer, force, run.steps, plan)
+
+
+def _execute(run: _Run, ds: Any, on_row: Callable[[dict[str, Any]], None] | None) -> None:
+    """Stream the finished rows: tally them, ledger the failures, move the bar."""
+    report = run.report
+    for row in _unwrapped(iter_results(ds)):
+        status = row["status"]
+        if status == "ok":
+            report.written += 1
+            run.stage_ms.update(json.loads(row["timings"] or "{}"))
+        elif status == "skipped":
+            report.skipped += 1
+        else:
+            report.failed += 1
+            run.failures[f"{row['stage']}/{row['reason']}"] += 1
+            run.sink.write(row)  # type: ignore[union-attr]
+        run.bar.update(1)
+        run.bar.set_postfix(ok=report.written, skipped=report.skipped, failed=report.failed, refresh=False)
+        if on_row is not None:
+            on_row(row)
+
+
+def _finalize(run: _Run, swap_alias: bool) -> None:
+    """Optimize, count, collect duplicates and, when asked and allowed (failures, quality gate), swap the alias."""
+    report, writer = run.report, run.writer
+    t0 = time.perf_counter()
+    call(writer.optimize.remote())
+    report.optimize_s = time.perf_counter() - t0
+    report.index_count = call(writer.count.remote())
+    report.failures = dict(run.failures)
+    report.stage_s = {k: v / 1000 for k, v in run.stage_ms.items()}
+    report.duplicates = {
+        i: {"duplicate_of": orig, "duplicate_score": score}
+        for i, (orig, score) in call(writer.duplicates.remote()).items()
+    }
+    if swap_alias:
+        if report.exit_code != 0:
+            log.warning("alias NOT swapped: %d failures > max_failures=%d", report.failed, report.max_failures)
+        elif _quality_gate(run.cfg, run.steps.full, writer, report):
+            call(writer.swap_alias.remote())
+            report.swapped = True
+    report.alias_version = call(writer.alias.remote())
+
+
+def _close(run: _Run) -> None:
+    if run.bar is not None:
+        run.bar.close()
+    if run.sink is not None:
+        run.sink.close()
+    if run.writer is not None:
+        stop_writer(run.writer)
 
 
 def run_backfill(
@@ -212,23 +335,16 @@ def run_backfill(
     address: str | None = None,
     progress: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    graph: Graph = GRAPH,
 ) -> BackfillReport:
     """(Re-)embed every manifest row into the target index version; see the module docstring.
 
     `on_row` is called on the driver for every finished row (tests use it to act mid-run).
     """
-    import ray
-    from ray.data import DataContext, ExecutionResources
-
     t_start = time.perf_counter()
     cfg = _absolute(cfg)
     info = inspect_manifest(manifest)
-    spec = embedding_spec(cfg)
-    unavailable = unavailable_models(cfg)
-    for card in unavailable:
-        log.warning("MODEL UNAVAILABLE: %s — its modality is switched off for this whole backfill", card)
-    models = {role: getattr(cfg.models, role).card not in unavailable for role in ROLES}
-    available = [getattr(cfg.models, role).card for role in ROLES if models[role]]
+    spec, steps = embedding_spec(cfg, graph), Steps.of(cfg, graph)
     ledger_path = Path(ledger).expanduser().absolute() if ledger else cfg.data_dir / "backfill" / "ledger.jsonl"
     report = BackfillReport(
         manifest=str(info.path),
@@ -237,79 +353,15 @@ def run_backfill(
         total=info.rows,
         max_failures=cfg.backfill.max_failures if max_failures is None else max_failures,
         ledger=str(ledger_path),
-        unavailable_models=unavailable,
+        unavailable_models=steps.unavailable,
     )
-    check_address(address)
-    started = _start_ray(address)
-    ctx = DataContext.get_current()
-    saved_bars, saved_limits = ctx.enable_progress_bars, ctx.execution_options.resource_limits
-    ctx.enable_progress_bars = False  # our own bar counts items; Ray's per-operator bars count blocks
-    writer: Any = None
-    sink: Ledger | None = None
-    bar: Any = None
-    failures: Counter[str] = Counter()
-    stage_ms: Counter[str] = Counter()
-    try:
-        free = ray.available_resources()
-        plan = plan_resources(free, cfg.backfill, [r for r in MODEL_STAGES if models[r]], address=_address())
-        log.info("backfill plan for %s CPU free: %s", free.get("CPU", 0), plan)
-        # Ray Data budgets from the cluster's total by default; another job's reservations are not ours to use.
-        ctx.execution_options.resource_limits = ExecutionResources(cpu=free.get("CPU", 0.0), gpu=free.get("GPU", 0.0))
-        writer = start_writer(cfg, spec, target_version, available)
-        sink = Ledger(ledger_path)  # opened (and truncated) only once the index is ours
-        bar = _progress_bar(info.rows, progress)
-        report.version = call(writer.version.remote())
-        log.info("backfill of %s (%d rows) into version %s", info.path, info.rows, report.version)
-        if target_version is None and report.version != spec.schema_version:
-            log.warning(
-                "the alias serves version %s but this config embeds schema %s: items are re-embedded into the "
-                "live version and mix with older vectors; use --target-version NEW --swap-alias for an upgrade",
-                report.version,
-                spec.schema_version,
-            )
-        ds = build_pipeline(cfg, info, spec, writer, force, models, unavailable, plan)
-        for row in _unwrapped(iter_results(ds)):
-            status = row["status"]
-            if status == "ok":
-                report.written += 1
-                stage_ms.update(json.loads(row["timings"] or "{}"))
-            elif status == "skipped":
-                report.skipped += 1
-            else:
-                report.failed += 1
-                failures[f"{row['stage']}/{row['reason']}"] += 1
-                sink.write(row)
-            bar.update(1)
-            bar.set_postfix(ok=report.written, skipped=report.skipped, failed=report.failed, refresh=False)
-            if on_row is not None:
-                on_row(row)
-        t0 = time.perf_counter()
-        call(writer.optimize.remote())
-        report.optimize_s = time.perf_counter() - t0
-        report.index_count = call(writer.count.remote())
-        report.failures = dict(failures)
-        report.stage_s = {k: v / 1000 for k, v in stage_ms.items()}
-        report.duplicates = {
-            i: {"duplicate_of": orig, "duplicate_score": score}
-            for i, (orig, score) in call(writer.duplicates.remote()).items()
-        }
-        if swap_alias:
-            if report.exit_code != 0:
-                log.warning("alias NOT swapped: %d failures > max_failures=%d", report.failed, report.max_failures)
-            elif _quality_gate(cfg, spec, writer, report):
-                call(writer.swap_alias.remote())
-                report.swapped = True
-        report.alias_version = call(writer.alias.remote())
-    finally:
-        if bar is not None:
-            bar.close()
-        if sink is not None:
-            sink.close()
-        if writer is not None:
-            stop_writer(writer)
-        ctx.enable_progress_bars = saved_bars
-        ctx.execution_options.resource_limits = saved_limits
-        report.wall_s = time.perf_counter() - t_start
-        if started:
-            ray.shutdown()
+    run = _Run(cfg, info, spec, steps, report, ledger_path)
+    with _session(address):
+        try:
+            ds = _plan(run, target_version, force, progress)
+            _execute(run, ds, on_row)
+            _finalize(run, swap_alias)
+        finally:
+            _close(run)
+            report.wall_s = time.perf_counter() - t_start
     return report

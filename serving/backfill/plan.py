@@ -9,7 +9,7 @@ actor per stage cannot fit, the job refuses up front with one clear line.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from embedder.config import BackfillConfig
@@ -46,14 +46,15 @@ class Plan:
 
 
 def plan_resources(
-    available: Mapping[str, float], bf: BackfillConfig, model_stages: Sequence[str], *, address: str = "local"
+    available: Mapping[str, float], bf: BackfillConfig, stages: Mapping[str, bool], *, address: str = "local"
 ) -> Plan:
-    """Size the plan (decode + `model_stages`) to `available` (`ray.available_resources()`); raise
-    `insufficient_resources` when one actor per stage cannot fit."""
+    """Size the plan (`stages`: name -> whether it runs a model; the others are light, like decode) to `available`
+    (`ray.available_resources()`); raise `insufficient_resources` when one actor per stage cannot fit."""
     cpu_free = float(available.get("CPU", 0.0))
     gpu_free = float(available.get("GPU", 0.0))
-    want = {"decode": CPU_DECODE, **{m: CPU_MODEL for m in model_stages}}
-    sizes = {"decode": bf.decode_concurrency, **{m: bf.encode_concurrency for m in model_stages}}
+    model_stages = [name for name, model in stages.items() if model]
+    want = {name: CPU_MODEL if model else CPU_DECODE for name, model in stages.items()}
+    sizes = {name: bf.encode_concurrency if model else bf.decode_concurrency for name, model in stages.items()}
     gpu_each = bf.num_gpus
     if gpu_each > 0:
         # GPU actors cannot be scaled down in fractions that mean something: fit whole requests only.
@@ -73,7 +74,7 @@ def plan_resources(
         if min(want.values()) * scale >= MIN_CPU_ACTOR or all(n == 1 for n in sizes.values()):
             break
         # Too thin: give up one actor of the largest pool (model pools first: each holds a model in memory).
-        biggest = max(sizes, key=lambda s: (sizes[s], s != "decode"))
+        biggest = max(sizes, key=lambda s: (sizes[s], s in model_stages))
         sizes[biggest] -= 1
     # Round down so the sum of the rounded reservations never exceeds what is free.
     stages = {s: StagePlan(1, sizes[s], _floor(want[s] * scale), gpu_each if s in model_stages else 0.0) for s in want}

@@ -1,8 +1,8 @@
-"""The Ray Data stages of the backfill: each schedules one `embedder.pipeline` step over a batch of rows.
+"""The Ray Data stages of the backfill: normalize (manifest rows → items), one generic `StepStage` per group of
+graph steps, and write (fuse + one writer actor).
 
-Every stage takes and returns `ROW_SCHEMA`: small status columns plus one pickled `embedder.pipeline.Work`
-(emptied once the row leaves the pipeline). A stage never re-implements a step; it only unpickles the pending
-rows' work, calls the step, drops the media no later stage needs, and turns failed work into failed rows.
+Every stage takes and returns `ROW_SCHEMA`: small status columns plus one pickled `embedder.work.Work` that
+carries only the media the stages ahead of it still read (emptied once the row leaves the pipeline).
 """
 
 from __future__ import annotations
@@ -13,28 +13,16 @@ import logging
 import math
 import pickle
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from embedder.config import ReelvecConfig
-from embedder.decode import Decoder
-from embedder.pipeline import (
-    EmbeddingSpec,
-    Work,
-    asr_step,
-    decode_step,
-    finish,
-    load_optional,
-    ocr_step,
-    text_step,
-    validate_step,
-    visual_step,
-)
+from embedder.graph import Graph, load_steps, run_steps
+from embedder.pipeline import EmbeddingSpec, finish
 from embedder.types import ItemEmbedding, MediaError, ReelvecError
+from embedder.work import MEDIA, Work
 from serving.backfill.ledger import clean_detail
 from serving.manifest import ManifestInfo, csv_convert, json_object, parse_row
 
@@ -52,7 +40,6 @@ ROW_SCHEMA = pa.schema(
         ("work", pa.large_binary()),
     ]
 )
-_NO_FRAMES = np.zeros((0, 0, 0, 3), dtype=np.uint8)
 
 
 def read_manifest(info: ManifestInfo, num_cpus: float, rows_per_block: int) -> Any:
@@ -129,102 +116,41 @@ def normalize_batch(
     return _table(out)
 
 
-class _Stage:
-    """A `map_batches` UDF: `run` sees only pending rows' work; failed work becomes a failed row."""
+class StepStage:
+    """The one Ray Data stage: a `map_batches` actor that loads its steps' models once and runs those steps of the
+    graph over the pending rows' work; it then drops the media no later stage reads and turns failed work into
+    failed rows. `steps` is one step, or several run in-process concurrently (`run_steps`)."""
 
-    def run(self, works: list[Work]) -> None:
-        raise NotImplementedError
+    def __init__(self, cfg: ReelvecConfig, graph: Graph, steps: list[str], keep: list[str]) -> None:
+        self.cfg, self.keep = cfg, keep
+        self.graph = graph.only(steps)
+        self.models = load_steps(self.graph, cfg)
+        # Ray Data calls `__del__` only on a graceful pool shutdown; an actor that exits any other non-forced way
+        # still runs atexit (the decoder's worker process). A killed actor's worker sees EOF and exits on its own.
+        atexit.register(self.close)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         pending = [r for r in rows if r["status"] == "pending"]
         works: list[Work] = [pickle.loads(r["work"]) for r in pending]
-        if pending:
-            self.run(works)
+        if works:
+            run_steps(self.graph, self.models, works, self.cfg)
         for r, w in zip(pending, works, strict=True):
             if w.ok:
+                w.drop([m for m in MEDIA if m not in self.keep])
                 r["work"] = pickle.dumps(w, protocol=5)
             else:
                 _failed(r, w.stage, w.error.reason, w.error.detail)  # type: ignore[union-attr]
         return _table(rows)
 
-
-class DecodeStage(_Stage):
-    """Validate, then decode with a long-lived `Decoder` (its worker process is reused across batches)."""
-
-    def __init__(self, cfg: ReelvecConfig, keep_frames: bool, ocr_frames: bool) -> None:
-        self.cfg = cfg
-        self.keep_frames = keep_frames
-        self.decoder = Decoder(cfg.decode, cfg.limits, ocr=cfg.ocr if ocr_frames else None)
-        # Ray Data calls `__del__` only on a graceful pool shutdown; an actor that exits any other non-forced way
-        # still runs atexit. A killed actor's worker sees EOF on its socket and exits on its own.
-        atexit.register(self.decoder.close)
-
-    def run(self, works: list[Work]) -> None:
-        validate_step(works, self.cfg.limits)
-        decode_step(self.decoder, works)
-        if not self.keep_frames:
-            for w in works:
-                if w.decoded is not None:
-                    w.decoded = replace(w.decoded, frames=_NO_FRAMES)
-
     def close(self) -> None:
-        """Stop the decode worker process now (idempotent)."""
-        self.decoder.close()
-        atexit.unregister(self.decoder.close)
+        """Release what the models hold (the decode worker process) now; idempotent."""
+        for model in self.models.values():
+            if hasattr(model, "close"):
+                model.close()
 
     def __del__(self) -> None:
         self.close()
-
-
-class _ModelStage(_Stage):
-    """Loads `cfg.models.<role>` once per actor."""
-
-    role = ""
-
-    def __init__(self, cfg: ReelvecConfig) -> None:
-        self.cfg = cfg
-        self.model: Any = load_optional(getattr(cfg.models, self.role), cfg)
-
-
-class AsrStage(_ModelStage):
-    role = "asr"
-
-    def run(self, works: list[Work]) -> None:
-        asr_step(self.model, works)
-        for w in works:
-            if w.decoded is not None:
-                w.decoded = replace(w.decoded, audio=None)
-
-
-class OcrStage(_ModelStage):
-    role = "ocr"
-
-    def run(self, works: list[Work]) -> None:
-        ocr_step(self.model, works)
-        for w in works:
-            if w.decoded is not None:
-                w.decoded = replace(w.decoded, ocr_frames=None)
-
-
-class ClipStage(_ModelStage):
-    role = "clip"
-
-    def run(self, works: list[Work]) -> None:
-        visual_step(self.model, works)
-        for w in works:
-            if w.decoded is not None:
-                w.decoded = replace(w.decoded, frames=_NO_FRAMES)
-
-
-class TextStage(_ModelStage):
-    role = "text"
-
-    def run(self, works: list[Work]) -> None:
-        text_step(self.model, works, self.cfg.text.transcript_max_chars)
-
-
-MODEL_STAGES: dict[str, type[_ModelStage]] = {"asr": AsrStage, "ocr": OcrStage, "clip": ClipStage, "text": TextStage}
 
 
 def write_batch(batch: pa.Table, writer: Any, spec: EmbeddingSpec, unavailable: list[str]) -> pa.Table:
@@ -244,8 +170,8 @@ def write_batch(batch: pa.Table, writer: Any, spec: EmbeddingSpec, unavailable: 
     if embs:
         t0 = time.perf_counter()
         try:
-            answer = _call(writer.upsert.remote([e for _, e in embs]))
-            refused = {i: (reason, detail) for i, reason, detail in answer}
+            report = _call(writer.write.remote([e for _, e in embs]))
+            refused = {f.item_id: (f.reason, f.detail) for f in report.failed}
         except ReelvecError as e:  # the whole batch failed to write: each item is ledgered, the job goes on
             refused = {emb.item_id: (e.reason, e.detail) for _, emb in embs}
         except Exception:

@@ -11,6 +11,7 @@ from typing import Any
 from embedder.config import ReelvecConfig
 from embedder.pipeline import EmbeddingSpec
 from embedder.types import ItemEmbedding, ReelvecError, StoreError
+from serving.owner import IndexOwner, WriteReport
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +22,14 @@ def call(ref: Any) -> Any:
     """`ray.get` that re-raises a reelvec error from the remote side as itself (not wrapped in RayTaskError)."""
     import ray
 
+    from serving.rayerrors import cause_of
+
     try:
         return ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, ReelvecError):
-            raise e.cause from None
+    except ray.exceptions.RayError as e:
+        cause = cause_of(e)
+        if isinstance(cause, ReelvecError):
+            raise cause from None
         raise
 
 
@@ -42,25 +46,22 @@ class BackfillWriter:
     def __init__(
         self,
         cfg: ReelvecConfig,
-        dims: dict[str, int],
-        schema_version: str,
+        spec: EmbeddingSpec,
         version: str | None,
         available: list[str] | None = None,
     ) -> None:
-        from index import open_index
-
-        self.cfg = cfg
-        self.schema_version = schema_version
+        self.cfg, self.spec = cfg, spec
+        schema_version = self.schema_version = spec.schema_version
         self.available = available or []  # card ids loadable now: a stored item embedded without one is redone
         self.claimed: set[str] = set()
         self.found_duplicates: dict[str, tuple[str, float]] = {}
-        self.dims = dims
         # Kept and raised by `version()`: an error raised here would reach the driver as an opaque ActorDiedError.
         self.error: ReelvecError | None = None
         deadline = time.monotonic() + cfg.index.timeout_s
         while True:
             try:
-                self.index = open_index(cfg.index, dims, schema_version, version=version)
+                self.owner = IndexOwner.open(cfg, spec, version=version)
+                self.index = self.owner.index
                 break
             except StoreError as e:
                 # A killed run's writer may still be exiting and holding the lock; wait for it briefly.
@@ -94,15 +95,11 @@ class BackfillWriter:
         )
         return duplicates, sorted(done)
 
-    def upsert(self, items: list[ItemEmbedding]) -> list[tuple[str, str, str]]:
-        """Write one batch (flushed by the index); returns (item_id, reason, detail) for items it refused."""
-        if not hasattr(self, "semantic"):
-            from serving.semantic import load_model
-
-            self.semantic = load_model(self.cfg, self.index.collection, self.schema_version)
-        report = self.index.ingest(items, self.cfg.dedup, self.semantic)
+    def write(self, items: list[ItemEmbedding]) -> WriteReport:
+        """Write one batch through the index owner (flushed by the index); what happened to each item."""
+        report = self.owner.write(items)
         self.found_duplicates.update(report.duplicates)
-        return [(f.item_id, f.reason, f.detail) for f in report.failed + report.refused]
+        return report
 
     def count(self) -> int:
         return int(self.index.count())
@@ -117,7 +114,7 @@ class BackfillWriter:
 
         if version is None or version == self.index.version:
             return evaluate_vectors(self.index, fused, queries, k)
-        with open_index(self.cfg.index, self.dims, self.schema_version, version=version, create=False) as other:
+        with open_index(self.cfg.index, self.spec.dims, self.schema_version, version=version, create=False) as other:
             return evaluate_vectors(other, fused, queries, k)
 
     def duplicates(self) -> dict[str, tuple[str, float]]:
@@ -136,7 +133,7 @@ class BackfillWriter:
 
     def close(self) -> None:
         if self.error is None:
-            self.index.close()
+            self.owner.close()
 
 
 def start_writer(cfg: ReelvecConfig, spec: EmbeddingSpec, version: str | None, available: list[str]) -> Any:
@@ -148,7 +145,7 @@ def start_writer(cfg: ReelvecConfig, spec: EmbeddingSpec, version: str | None, a
     deadline = time.monotonic() + cfg.index.timeout_s
     while True:
         try:
-            writer = actor.remote(cfg, spec.dims, spec.schema_version, version, available)
+            writer = actor.remote(cfg, spec, version, available)
             break
         except ValueError as e:  # the name is taken: another backfill on this index, or a killed one exiting
             if time.monotonic() > deadline:

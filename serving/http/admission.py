@@ -50,7 +50,7 @@ class Admission:
     def from_config(cls, s: ServeConfig) -> Admission:
         """Sizes from `serve.*`: media in flight as the old ingress limit (2 x batch capacity, at least 8)."""
         media = max(8, 4 * s.max_batch_size * s.max_concurrent_batches)
-        bodies = media + max(0, s.max_queued_requests)
+        bodies = media + s.extra_body_readers
         return cls(media=media, bodies=bodies, anonymous=max(1, bodies // _ANONYMOUS_SHARE))
 
     def ingress_ongoing(self) -> int:

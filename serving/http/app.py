@@ -1,9 +1,9 @@
-"""The HTTP front door (FastAPI ingress on Ray Serve): guards requests, then schedules the pipeline steps on
-the model deployments by handle and writes through `IndexWriter`. It computes nothing itself.
+"""The HTTP front door (FastAPI ingress on Ray Serve): guards requests, parses them, and hands them to the step
+graph's client (`GraphClient`) and to the index owner (`IndexWriter`). It computes nothing itself.
 
-Upload: auth → upload slot (admission) → body (bounded size and time) → `build_item` → index writable? →
-decode → (ASR ‖ OCR → text) ‖ CLIP → `embedding_or_raise` → upsert. Every refusal is `{error, detail,
-request_id}` (see `errors`); nothing is queued in the ingress: a full gate answers 503 at once.
+Upload: auth → upload slot (admission) → body (bounded size and time) → `build_item` → the step graph
+(decode → ASR ‖ OCR ‖ CLIP → text, media by reference) → one write through the index owner. Every refusal is
+`{error, detail, request_id}` (see `errors`); nothing is queued in the ingress: a full gate answers 503 at once.
 """
 
 # No `from __future__ import annotations`: serve.ingress rebuilds the route methods and FastAPI must see
@@ -31,12 +31,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
 from embedder.config import ReelvecConfig, describe_errors
+from embedder.fusion import late_fusion
+from embedder.graph import Graph
 from embedder.items import build_item, check_item_id
 from embedder.moments import find_moments, text_candidates
-from embedder.pipeline import Work, check_query, embedding_or_raise, embedding_spec, query_vectors
+from embedder.pipeline import check_query, embedding_spec
 from embedder.types import ItemEmbedding, ItemInput, ReelvecError, StoreError
 from index import SearchFilter
-from serving.deployments import STEP_INPUTS, ModelInfo
+from serving.graph_serve import GraphClient
 from serving.http.admission import Admission, Gates
 from serving.http.errors import ERROR_RESPONSES, ApiError, error_body, error_headers, status_for
 from serving.http.openapi import openapi_document
@@ -54,6 +56,7 @@ from serving.http.schemas import (
 )
 from serving.http.upload import API_KEY_HEADER, UploadForm, check_api_key, read_form, read_small_body
 from serving.metrics import ServeMetrics
+from serving.rayerrors import cause_of
 
 log = logging.getLogger("ray.serve.reelvec")
 
@@ -61,14 +64,6 @@ _READY_TIMEOUT_S = 10.0
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # A JSON search names a few ids and filters; anything bigger is not a search.
 _JSON_BODY_BYTES = 64 * 1024
-MODEL_ROLES = ("clip", "text", "asr", "ocr")
-
-
-def _unwrap(e: BaseException) -> BaseException:
-    """The error a replica raised: Ray wraps it in RayTaskError, which keeps the class but not `reason`."""
-    while isinstance(e, RayTaskError) and e.cause is not None and e.cause is not e:
-        e = e.cause
-    return e
 
 
 class _AnySegment(Convertor[str]):
@@ -172,7 +167,7 @@ def _error(request: Request, e: ReelvecError, headers: dict[str, str] | None = N
 
 @api.exception_handler(ReelvecError)
 async def _reelvec_error(request: Request, e: Exception) -> JSONResponse:
-    cause = _unwrap(e)
+    cause = cause_of(e)
     err = cause if isinstance(cause, ReelvecError) else ReelvecError("internal_error", str(cause))
     return _error(request, err)
 
@@ -186,7 +181,7 @@ async def _overloaded(request: Request, e: Exception) -> JSONResponse:
 
 @api.exception_handler(RayTaskError)
 async def _task_error(request: Request, e: Exception) -> JSONResponse:
-    cause = _unwrap(e)
+    cause = cause_of(e)
     if isinstance(cause, ReelvecError):
         return _error(request, cause)
     if isinstance(cause, BackPressureError | DeploymentUnavailableError | RayActorError):
@@ -262,26 +257,19 @@ class Ingress:
     def __init__(
         self,
         cfg: ReelvecConfig,
-        decode: DeploymentHandle,
-        models: dict[str, DeploymentHandle],
+        graph: Graph,
+        steps: dict[str, DeploymentHandle],
         writer: DeploymentHandle,
         admission: Admission | None = None,
     ) -> None:
         self.cfg = cfg
-        self.spec = embedding_spec(cfg)
-        self.decode, self.handles, self.writer = decode, models, writer
+        self.graph = GraphClient(graph, embedding_spec(cfg, graph), steps)
+        self.writer = writer
         self.metrics = ServeMetrics()
         self.gates = Gates(admission or Admission.from_config(cfg.serve))
         bind_runtime(cfg, self.metrics)
-        self._models: dict[str, ModelInfo] | None = None
         self._inflight = 0
-
-    async def models(self) -> dict[str, ModelInfo]:
-        """Role → ModelInfo of every model deployment, asked once (a replica's model never changes)."""
-        if self._models is None:
-            infos = await asyncio.gather(*(h.info.remote() for h in self.handles.values()))
-            self._models = dict(zip(self.handles, infos, strict=True))
-        return self._models
+        self._writer_open = False
 
     def _auth(self, request: Request, write: bool) -> bool:
         """Writes, and anything that costs model compute or returns stored content, need the key (when one is
@@ -301,29 +289,9 @@ class Ingress:
 
     # ---- embedding ---------------------------------------------------------------------------------
 
-    async def _step(self, role: str, work: Work) -> None:
-        """Run one model's step on this item in its deployment (batched there with other requests)."""
-        if (await self.models())[role].loaded:
-            work.merge(await self.handles[role].run.remote(work.slim(keep=STEP_INPUTS[role])))
-
     async def _embed(self, item: ItemInput) -> ItemEmbedding:
-        """Every step for one item through the deployments; the same step functions as `ItemEmbedder`."""
-        models = await self.models()
-        t0 = time.perf_counter()
-        work: Work = await self.decode.decode.remote(Work(item))
-        # The upload's bytes are decoded; drop them now rather than hold them through ASR, OCR and encoding.
-        item.media = b""
-        work.timings["decode_ms"] = (time.perf_counter() - t0) * 1000
-        if work.ok:
-
-            async def texts() -> None:
-                await asyncio.gather(self._step("asr", work), self._step("ocr", work))
-                if work.ok:
-                    await self._step("text", work)
-
-            await asyncio.gather(texts(), self._step("clip", work))
-        unavailable = [m.card for m in models.values() if not m.loaded]
-        emb = embedding_or_raise(work, self.spec, unavailable)
+        """Every step of the graph for one item, through the step deployments."""
+        emb = await self.graph.embed(item)
         for stage, ms in emb.timings_ms.items():
             self.metrics.stage(stage.removesuffix("_ms"), ms)
         return emb
@@ -331,14 +299,7 @@ class Ingress:
     async def _query(self, text: str) -> dict[str, np.ndarray]:
         """Query text → per-modality and fused query vectors, exactly as `ItemEmbedder.encode_query`."""
         check_query(text, self.cfg.limits)
-        models = await self.models()
-        visual = self.handles["clip"].encode_text.remote(text) if models["clip"].loaded else None
-        textual = self.handles["text"].encode_query.remote(text) if models["text"].loaded else None
-        return query_vectors(
-            self.spec,
-            await visual if visual is not None else None,
-            await textual if textual is not None else None,
-        )
+        return await self.graph.query(text)
 
     # ---- endpoints ---------------------------------------------------------------------------------
 
@@ -367,48 +328,42 @@ class Ingress:
                 metadata=form.fields.get("metadata"),
             )
             del form
-            await self.writer.writable.remote()  # a locked / unreachable index refuses before decode and ASR
-            self._inflight += 1
+            answer = await self._ingest(item, t0)
+        response.status_code = 201 if answer.status == "created" else 200
+        return answer
+
+    async def _writable(self) -> None:
+        """Until the index owner has opened the index once (it then holds it), ask it first: a locked or
+        unreachable index refuses an upload or clip search before any decode or ASR runs (503)."""
+        if not self._writer_open:
+            await self.writer.writable.remote()
+            self._writer_open = True
+
+    async def _ingest(self, item: ItemInput, t0: float) -> UploadResponse:
+        """Embed one item through the graph and write it through the index owner (one call once it is open)."""
+        await self._writable()
+        self._inflight += 1
+        self.metrics.inflight.set(self._inflight)
+        try:
+            emb = await self._embed(item)
+            t = time.perf_counter()
+            written = await self.writer.write.remote(emb)
+            index_ms = (time.perf_counter() - t) * 1000
+        finally:
+            self._inflight -= 1
             self.metrics.inflight.set(self._inflight)
-            try:
-                emb = await self._embed(item)
-                t = time.perf_counter()
-                written = await self.writer.upsert.remote(emb)
-                outcome = written["status"]
-                index_ms = (time.perf_counter() - t) * 1000
-            finally:
-                self._inflight -= 1
-                self.metrics.inflight.set(self._inflight)
         total_ms = (time.perf_counter() - t0) * 1000
         self.metrics.stage("index", index_ms)
         self.metrics.stage("total", total_ms)
-        response.status_code = 201 if outcome == "created" else 200
         log.info(
             "item %s %s: modalities=%s total_ms=%.0f",
             emb.item_id,
-            outcome,
+            written.status,
             ",".join(emb.modalities),
             total_ms,
-            extra={"item_id": emb.item_id, "outcome": outcome, "modalities": emb.modalities, "total_ms": total_ms},
+            extra={"item_id": emb.item_id, "outcome": written.status, "modalities": emb.modalities},
         )
-        return UploadResponse(
-            item_id=emb.item_id,
-            status=outcome,  # type: ignore[arg-type]
-            modalities=emb.modalities,
-            models=emb.models,
-            models_unavailable=emb.models_unavailable,
-            schema_version=emb.schema_version,
-            duration_s=emb.duration_s,
-            transcript=emb.transcript.text,
-            language=emb.transcript.language,
-            speech=emb.transcript.speech,
-            ocr_text=emb.ocr.text,
-            decoder=emb.decoder,
-            duplicate_of=written["duplicate_of"],
-            duplicate_score=written["duplicate_score"],
-            semantic_id=written["semantic_id"],
-            timings_ms={**emb.timings_ms, "index_ms": round(index_ms, 3), "total_ms": round(total_ms, 3)},
-        )
+        return UploadResponse.of(emb, written, {"index_ms": index_ms, "total_ms": total_ms})
 
     @api.get("/v1/items/{item_id:item_id}", response_model=ItemResponse, responses=ERROR_RESPONSES)
     async def get_item(self, request: Request, item_id: str, vectors: bool = False) -> ItemResponse:
@@ -439,11 +394,8 @@ class Ingress:
         """Add `moment` to every hit: the stored segments / OCR lines / frames scored by `find_moments`."""
         payloads, frames = await self.writer.moment_inputs.remote([h["item_id"] for h in found.hits])
         # find_moments asks for exactly these texts (every hit's candidates, in order): encode them here, by handle.
-        texts = [c.text for p in payloads for c in text_candidates(p)]
-        vectors = np.zeros((0, 1), np.float32)
-        if texts and (await self.models())["text"].loaded:
-            vectors = await self.handles["text"].encode_documents.remote(texts)
-        moments = find_moments(payloads, vecs, lambda _texts: vectors, frames)
+        encode = await self.graph.documents([c.text for p in payloads for c in text_candidates(p)])
+        moments = find_moments(payloads, vecs, encode, frames)
         for hit, moment in zip(found.hits, moments, strict=True):
             hit["moment"] = moment.to_json() if moment is not None else None
 
@@ -473,7 +425,7 @@ class Ingress:
             fusion = self._fusion(params.fusion)
             probe = build_item("_query", form.media, self.cfg.limits, caption=params.caption)
             del form
-            await self.writer.writable.remote()  # a locked / unreachable index refuses before decode
+            await self._writable()
             emb = await self._embed(probe)
         return await self._search(emb.vectors, params.using, fusion, params.k, flt, t0)
 
@@ -489,7 +441,7 @@ class Ingress:
     async def _search(
         self, vecs: dict[str, np.ndarray], using: str, fusion: str, k: int, flt: SearchFilter, t0: float
     ) -> SearchResponse:
-        if using == "fused" and fusion != "vector":
+        if late_fusion(using, fusion):
             per_modality = {m: v for m, v in vecs.items() if m != "fused"}
             hits = await self.writer.search_multi.remote(per_modality, fusion, k, flt)
             return self._hits(hits, k, f"{fusion}", t0)
@@ -514,18 +466,18 @@ class Ingress:
         models: dict[str, str] = {}
         ready = True
         try:
-            for role, info in (await asyncio.wait_for(self.models(), _READY_TIMEOUT_S)).items():
-                models[role] = "loaded" if info.loaded else "unavailable"
+            for step, info in (await asyncio.wait_for(self.graph.infos(), _READY_TIMEOUT_S)).items():
+                models[step] = "loaded" if info.loaded else "unavailable"
                 ready = ready and (info.loaded or not info.required)
         except Exception as e:
-            self._models = None
-            log.warning("readyz: model deployments not answering: %s", _unwrap(e))
+            self.graph.forget()
+            log.warning("readyz: model deployments not answering: %s", cause_of(e))
             ready, models["error"] = False, "model deployments not answering"
         try:
             await asyncio.wait_for(self.writer.ping.remote(), _READY_TIMEOUT_S)
             index: dict[str, Any] = {"reachable": True}
         except Exception as e:
-            cause = _unwrap(e)
+            cause = cause_of(e)
             log.warning("readyz: index not ready: %s", cause)
             reason = cause.reason if isinstance(cause, StoreError) else "unreachable"
             index = {"reachable": False, "error": reason if reason in ("locked", "unreachable") else "unreachable"}

@@ -6,12 +6,16 @@ to the log under that request id, never to the client.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from embedder.types import ConfigError, MediaError, ModelUnavailableError, ReelvecError, StoreError
+from embedder.reasons import REASONS, reason
+from embedder.types import ReelvecError
+
+log = logging.getLogger("ray.serve.reelvec")
 
 # Clients should wait this long before retrying a 503 (index locked/unreachable, model not loaded, overload).
 RETRY_AFTER_S = 1
@@ -28,41 +32,13 @@ class ApiError(ReelvecError):
         return (type(self), (self.reason, self.detail, self.status))
 
 
-_MEDIA_STATUS = {"too_large": 413, "unsupported_media_type": 415, "empty_query": 400, "bad_query": 400}
-_STORE_STATUS = {
-    "unknown_item": 404,
-    "unknown_version": 404,
-    "bad_query": 400,
-    "empty_query": 400,
-    "bad_version": 400,
-    "rejected": 400,
-    # upsert validation of a computed embedding: the input produced something unstorable
-    "bad_item_id": 422,
-    "missing_vector": 422,
-    "unknown_vector": 422,
-    "bad_vector": 422,
-    "bad_payload": 422,
-    "schema_mismatch": 409,
-    "duplicate": 409,
-    "stale_schema": 409,
-    "locked": 503,
-    "unreachable": 503,
-}
-
-
 def status_for(e: ReelvecError) -> int:
-    """HTTP status of a reelvec error: media problems 4xx (413 size, 422 content), store 404/400/503, models 503."""
-    if isinstance(e, ApiError):
+    """HTTP status of a reelvec error, from the reason registry (an unregistered reason is logged, and a 500)."""
+    if e.reason not in REASONS:
+        log.error("unregistered reason %r: add it to embedder/reasons.py", e.reason)
+    if isinstance(e, ApiError) and e.reason == "http_error":
         return e.status
-    if isinstance(e, MediaError):
-        return _MEDIA_STATUS.get(e.reason, 422)
-    if isinstance(e, StoreError):
-        return _STORE_STATUS.get(e.reason, 500)
-    if isinstance(e, ModelUnavailableError):
-        return 503
-    if isinstance(e, ConfigError):
-        return 500
-    return 500
+    return reason(e.reason).status
 
 
 def error_headers(status: int) -> dict[str, str]:
@@ -95,50 +71,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-# Reasons whose detail reelvec writes itself from the client's own input and configured limits: safe to show.
-_CLIENT_DETAIL = {
-    "bad_item_id",
-    "bad_metadata",
-    "caption_too_long",
-    "too_many_hashtags",
-    "too_large",
-    "too_long",
-    "too_many_pixels",
-    "empty_query",
-    "bad_query",
-    "unknown_item",
-    "unknown_version",
-    "bad_version",
-    "unsupported_media_type",
-    "missing_field",
-    "missing_file",
-    "bad_form",
-    "unauthorized",
-    "forbidden",
-    "invalid_request",
-    "not_found",
-    "method_not_allowed",
-    "no_content",
-    "unknown_parameter",
-    "body_timeout",
-    "duplicate",
-    "schema_mismatch",
-}
-# What a client is told for every other reason (the real detail is logged under the request id).
-_GENERIC_DETAIL = {
-    "empty": "the uploaded file is empty",
-    "truncated": "the file is truncated or corrupt: no decodable video frames",
-    "not_a_video": "the file is not a video container reelvec can read",
-    "no_video_stream": "the file has no video stream",
-    "decode_timeout": "decoding took longer than decode.timeout_s",
-    "locked": "the index is in use by another process; retry later",
-    "unreachable": "the index is unreachable; retry later",
-    "missing": "a model this request needs is not loaded",
-    "overloaded": "the service is busy; retry later",
-    "internal_error": "internal error; the server log has the details under this request id",
-}
-
-
 # Defence in depth on details we wrote ourselves: nothing that looks like a server path, pid or library link.
 _SCRUB = (
     (re.compile(r"https?://\S+"), "<url>"),
@@ -156,9 +88,8 @@ def scrub(text: str) -> str:
 
 def public_detail(e: ReelvecError) -> str:
     """What a client may read about an error: our own words for client-caused reasons, a fixed text otherwise."""
-    if e.reason in _CLIENT_DETAIL:
-        return scrub(e.detail)
-    return _GENERIC_DETAIL.get(e.reason, "the request could not be completed; see the server log")
+    r = reason(e.reason)
+    return scrub(e.detail) if r.public else r.generic
 
 
 def error_body(e: ReelvecError, request_id: str) -> dict[str, Any]:

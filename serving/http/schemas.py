@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from index import SearchFilter
 
-Using = Literal["fused", "visual", "caption", "transcript", "ocr"]
+if TYPE_CHECKING:
+    from embedder.types import ItemEmbedding
+    from serving.owner import Written
+
+# A named vector of the index: `fused` or a modality of the step graph (checked against the index).
+Using = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 Fusion = Literal["vector", "rrf", "dbsf"]
 # The keys of a `filters` object (multipart search) and of the filter query parameters (GET search).
 FILTER_KEYS = ("creator_id", "language", "since", "until", "exclude_ids")
@@ -50,6 +55,13 @@ class UploadResponse(BaseModel):
     duplicate_score: float | None = Field(None, description="Fingerprint similarity to `duplicate_of` (0..1).")
     semantic_id: list[int] | None = Field(None, description="Residual-quantization code, once fitted.")
     timings_ms: dict[str, float] = Field(description="Per-stage wall time of this upload.")
+
+    @classmethod
+    def of(cls, emb: ItemEmbedding, written: Written, extra_ms: dict[str, float]) -> UploadResponse:
+        """The response for an embedded and written item (the item's own JSON view, less its vectors)."""
+        view = {k: v for k, v in emb.to_json(vectors=False).items() if k in cls.model_fields}
+        timings = {**emb.timings_ms, **{k: round(v, 3) for k, v in extra_ms.items()}}
+        return cls(**{**view, **written.to_json(), "timings_ms": timings})
 
 
 class ItemResponse(BaseModel):
