@@ -160,7 +160,7 @@ def _quality_gate(cfg: ReelvecConfig, spec: EmbeddingSpec, writer: Any, report: 
     live = None
     if live_version is not None and live_version != report.version:
         live = call(writer.evaluate.remote(fused, queries, cfg.eval.k, live_version))
-    decision = gate(new, live, cfg.eval.max_drop)
+    decision = gate(new, live, cfg.eval.max_drop, cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.eval.seed)
     report.gate = {
         "swap": decision.swap,
         "reason": decision.reason,
@@ -168,6 +168,7 @@ def _quality_gate(cfg: ReelvecConfig, spec: EmbeddingSpec, writer: Any, report: 
         "new_recall": round(new.recall, 4),
         "live_version": live_version,
         "live_recall": None if live is None else round(live.recall, 4),
+        "intervals": [i.to_json() for i in decision.intervals],
     }
     if not decision.swap:
         log.warning("alias NOT swapped by the quality gate: %s", decision.reason)
