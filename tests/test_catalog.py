@@ -65,10 +65,11 @@ def test_every_card_loads_and_new_cards_state_real_dims() -> None:
     assert cards["qwen3-embedding-0.6b"].dims == max(cards["qwen3-embedding-0.6b"].params["matryoshka_dims"])
 
 
-def test_qwen3_tiny_last_token_prefix_and_matryoshka(tmp_path: Path, session_cfg: ReelvecConfig) -> None:
+def tiny_qwen3(d: Path, cfg: ReelvecConfig) -> Path:
+    """A tiny random Qwen3 decoder (hidden 64) with the MiniLM vocabulary, and a card with the real card's params."""
     from transformers import Qwen3Config, Qwen3Model
 
-    tok = minilm_tokenizer(session_cfg, tmp_path)
+    tok = minilm_tokenizer(cfg, d)
     conf = Qwen3Config(
         vocab_size=tok.vocab_size,
         hidden_size=2 * TINY,
@@ -80,8 +81,12 @@ def test_qwen3_tiny_last_token_prefix_and_matryoshka(tmp_path: Path, session_cfg
         max_position_embeddings=128,
     )
     torch.manual_seed(0)
-    Qwen3Model(conf).save_pretrained(tmp_path, safe_serialization=True)
-    card = tiny_card("qwen3-embedding-0.6b", tmp_path, ["model.safetensors"], 2 * TINY, matryoshka_dims=[16, 32, 64])
+    Qwen3Model(conf).save_pretrained(d)
+    return tiny_card("qwen3-embedding-0.6b", d, ["model.safetensors"], 2 * TINY, matryoshka_dims=[16, 32, 64])
+
+
+def test_qwen3_tiny_last_token_prefix_and_matryoshka(tmp_path: Path, session_cfg: ReelvecConfig) -> None:
+    card = tiny_qwen3(tmp_path, session_cfg)
     full = load_model(card, session_cfg)
     assert full.dims == 64 and full.pooling == "last_token"
     texts = ["short", "a much longer caption with many more tokens in it"]

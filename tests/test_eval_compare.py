@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from embedder.factory import load_model
@@ -95,6 +96,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     for r, cap, sp in zip(rows, captions, speech, strict=True):
         vecs = {"caption": cap} | ({"transcript": sp} if r.get("speech") else {})
         items[r["item_id"]] = vecs | {FUSED: fuse(vecs, spec.weights, spec.dims)}
+    _tiny_text_version(tmp, cfg, rows)
     for version in ("good", "bad"):
         with open_index(cfg.index, spec.dims, spec.schema_version, version=version, create=True) as index:
             batch = []
@@ -105,6 +107,25 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                 batch.append(_item(iid, v, spec.schema_version))
             index.upsert(batch)
     return temp_env(tmp)
+
+
+def _tiny_text_version(tmp: Path, cfg: Any, rows: list[dict[str, Any]]) -> None:
+    """Version `tiny` built by another text encoder (a tiny random Qwen3, 64-d) and `b.yaml`, the config that
+    names it: a version of another schema, compared with `--config-b`."""
+    from tests.test_catalog import tiny_qwen3
+
+    (tmp / "qwen").mkdir()
+    card = tiny_qwen3(tmp / "qwen", cfg)
+    (tmp / "b.yaml").write_text(yaml.safe_dump({"models": {"text": {"card": str(card), "required": True}}}))
+    cfg_b = make_config(tmp, REELVEC__MODELS__TEXT__CARD=str(card))
+    spec = embedding_spec(cfg_b)
+    vecs = load_model(card, cfg_b).encode([r["caption"] for r in rows])
+    with open_index(cfg_b.index, spec.dims, spec.schema_version, version="tiny", create=True) as index:
+        items = [{"caption": v} for v in vecs]
+        index.upsert(
+            [_item(r["item_id"], it | {FUSED: fuse(it, spec.weights, spec.dims)}, spec.schema_version)
+             for r, it in zip(rows, items, strict=True)]
+        )  # fmt: skip
 
 
 def _item(item_id: str, vectors: dict[str, np.ndarray], schema: str) -> ItemEmbedding:
@@ -142,3 +163,12 @@ def test_eval_compare_equal_versions_and_terminal_table(versions: dict[str, str]
     r = compare_cli({**versions, "COLUMNS": "80"}, "good", "bad")
     assert r.exit_code == 0 and "nDCG@10" in r.stdout and "95% CI" in r.stdout and "wins" in r.stdout
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
+
+
+def test_eval_compare_versions_of_different_encoders(versions: dict[str, str]) -> None:
+    b_yaml = str(Path(versions["REELVEC__DATA_DIR"]) / "b.yaml")
+    r = compare_cli(versions, "good", "tiny", "--config-b", b_yaml, "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)  # B's queries were encoded by B's 64-d encoder: random weights rank at chance
+    assert doc["b"]["version"] == "tiny" and doc["b"]["metrics"]["ndcg@10"] < doc["a"]["metrics"]["ndcg@10"]
+    assert set(doc["ablations"]["caption"]) == {"a", "b"}
