@@ -40,6 +40,7 @@ def interval_plot(c: Comparison) -> str:
             'stroke-width="3"/>',
             f'<circle cx="{x(i.diff):.1f}" cy="{y:.1f}" r="5" fill="{color}"/>',
         ]
+    body.append(f'<text x="{x(0) - 4:.1f}" y="{row * len(c.intervals) + 14}">0</text>')
     body.append(f'<text x="{x(lo):.1f}" y="{row * len(c.intervals) + 14}">{lo:+.2f}</text>')
     body.append(f'<text x="{x(hi) - 30:.1f}" y="{row * len(c.intervals) + 14}">{hi:+.2f}</text>')
     return _svg(w, row * len(c.intervals) + 20, body, "B minus A per metric with confidence intervals")
@@ -52,6 +53,7 @@ def per_query_plot(c: Comparison) -> str:
     bw = max(1.0, (w - 20) / max(len(diffs), 1))
     mid = h / 2
     body = [f'<line x1="10" y1="{mid}" x2="{w - 10}" y2="{mid}" stroke="#888"/>']
+    body += ['<text x="12" y="12">B better ↑</text>', f'<text x="12" y="{h - 4}">B worse ↓</text>']
     for n, d in enumerate(diffs):
         bar = abs(d) * (mid - 6)
         y = mid - bar if d > 0 else mid
@@ -66,7 +68,7 @@ def ablation_plot(c: Comparison) -> str:
     groups = [("all", {"a": c.a.metrics[PRIMARY], "b": c.b.metrics[PRIMARY]})]
     groups += [(f"−{m}", {s: v[PRIMARY] for s, v in sides.items()}) for m, sides in c.ablations.items()]
     w, h, gw = 640, 180, 600 / max(len(groups), 1)
-    body = []
+    body = ['<text x="20" y="12" fill="#8c959f">■ A</text>', '<text x="60" y="12" fill="#0969da">■ B</text>']
     for n, (name, vals) in enumerate(groups):
         for s, (side, color) in enumerate((("a", "#8c959f"), ("b", "#0969da"))):
             if side in vals:
