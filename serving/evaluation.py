@@ -117,6 +117,19 @@ def score(version: str, k: int, queries: list[EvalQuery], ranked: list[list[str]
     return EvalResult(version, k, float(np.mean([r["recall"] for r in per_query])), per_query, means)
 
 
+def incomparable(new: EvalResult, live_version: str) -> GateDecision:
+    """Refuse: the live version has another embedding schema (encoder or dims), so these query vectors cannot
+    search it and the change cannot be measured here; say how to compare and swap by hand."""
+    return GateDecision(
+        False,
+        f"the live version {live_version} has another embedding schema, so the change cannot be measured with "
+        f"this config's queries; compare with `reelvec eval --compare {live_version} {new.version} --config "
+        f"<live config> --config-b <this config>`, then `reelvec alias {new.version}`",
+        new,
+        None,
+    )
+
+
 def gate(
     new: EvalResult,
     live: EvalResult | None,

@@ -21,7 +21,7 @@ from embedder.types import FUSED, ItemEmbedding, Transcript
 from index import open_index
 from serving.cli import app
 from serving.evalstats import METRICS, compare, metric_table, paired_bootstrap, query_metrics, worse_beyond
-from serving.evaluation import EvalQuery, gate, score
+from serving.evaluation import EvalQuery, gate, incomparable, score
 from tests.conftest import CLIPS, SAMPLES, make_config, temp_env
 
 
@@ -69,6 +69,12 @@ def test_gate_accepts_an_equal_version_and_noise() -> None:
     d = gate(one_worse, live, max_drop=0.02)
     assert d.swap and d.intervals[0].low < -0.02 and "largest change" in d.reason
     assert gate(live, None, 0.02).swap
+
+
+def test_gate_refuses_what_it_cannot_measure() -> None:
+    _, new, _ = _results(5, broken=0)
+    d = incomparable(new, "v-old")
+    assert not d.swap and "another embedding schema" in d.reason and "eval --compare v-old new" in d.reason
 
 
 def test_intervals_count_wins_and_losses() -> None:
