@@ -260,3 +260,15 @@ def test_omni_card_embeds_frames_and_audio(tmp_path: Path, session_cfg: ReelvecC
     cut = load_model(f"{card}@16", session_cfg)
     head = v[:, :16] / np.linalg.norm(v[:, :16], axis=1, keepdims=True)
     assert cut.dims == 16 and np.allclose(cut.encode_clips(clips, sounds), head, atol=1e-4)
+
+
+@pytest.mark.parametrize("card_id", ["qwen3-embedding-0.6b", "siglip2-so400m-14", "embeddinggemma-2"])
+def test_pull_of_a_new_card_offline_fails_cleanly(card_id: str, tmp_path: Path) -> None:
+    card = load_card(card_id, DEFAULT_CARDS_DIR)  # HF_HUB_OFFLINE is set for the tests: no network is tried
+    with pytest.raises(ModelUnavailableError) as e:
+        pull(card, tmp_path)
+    assert e.value.reason == "download_failed" and card.files[0].path in e.value.detail
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+    with pytest.raises(ModelUnavailableError) as e:
+        load_model(card_id, make_config(tmp_path))
+    assert e.value.reason == "missing" and f"reelvec models pull {card_id}" in e.value.detail
