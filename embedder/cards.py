@@ -25,7 +25,7 @@ from embedder.types import ConfigError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
-Family = Literal["open_clip", "hf_text", "faster_whisper", "rapidocr"]
+Family = Literal["open_clip", "hf_text", "hf_omni", "faster_whisper", "rapidocr"]
 
 
 class _Strict(BaseModel):
@@ -56,7 +56,7 @@ class ModelCard(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     family: Family
     version: str
-    modality: Literal["visual", "text", "asr", "ocr"]
+    modality: Literal["visual", "text", "asr", "ocr", "omni"]
     dims: int | None = Field(None, ge=1)
     source: CardSource
     files: list[CardFile] = []
@@ -120,10 +120,18 @@ class CardStatus:
         return dict(self.__dict__)
 
 
+# `<card>@<dims>`: a Matryoshka size the card lists (`params.matryoshka_dims`), e.g. `qwen3-embedding-0.6b@256`.
+_SIZED = re.compile(r"(?P<ref>.+)@(?P<dims>[0-9]+)")
+
+
 def load_card(ref: str | Path, cards_dir: Path) -> ModelCard:
-    """Load a card by id (from `cards_dir`) or by path; invalid cards raise `ConfigError`."""
+    """Load a card by id (from `cards_dir`) or by path (`*.yaml`), optionally `@<dims>` for a Matryoshka size;
+    invalid cards raise `ConfigError`."""
+    sized = _SIZED.fullmatch(str(ref))
+    if sized:
+        return with_dims(load_card(sized["ref"], cards_dir), int(sized["dims"]))
     path = Path(ref)
-    if not path.suffix:
+    if path.suffix not in (".yaml", ".yml") and "/" not in str(ref):  # an id (ids may hold dots: `…-0.6b`)
         path = Path(cards_dir) / f"{ref}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in Path(cards_dir).glob("*.yaml"))) or "none"
@@ -133,6 +141,18 @@ def load_card(ref: str | Path, cards_dir: Path) -> ModelCard:
         return ModelCard.model_validate({**data, "card_path": path.resolve()})
     except (yaml.YAMLError, ValidationError) as e:
         raise ConfigError("invalid_card", f"model card {path}: {e}") from e
+
+
+def with_dims(card: ModelCard, dims: int) -> ModelCard:
+    """The card truncated to the first `dims` dimensions (Matryoshka; renormalized by the encoder); a new
+    `dims` and `version`, so the schema version changes with the size."""
+    sizes = [int(d) for d in card.params.get("matryoshka_dims") or []]
+    if dims not in sizes:
+        raise ConfigError(
+            "invalid_dims", f"model card '{card.id}' has no Matryoshka size {dims} (sizes: {sizes or 'none'})"
+        )
+    params = {**card.params, "full_dims": card.dims, "truncate_dims": dims}
+    return card.model_copy(update={"dims": dims, "version": f"{card.version}@{dims}", "params": params})
 
 
 def list_cards(cards_dir: Path) -> list[ModelCard]:
@@ -240,42 +260,48 @@ def _drop_empty_download(dest_dir: Path) -> None:
 
 def pull(card: ModelCard, models_dir: Path, timeout_s: float = 60.0) -> Path:
     """Fetch a `url` card's weights from the Hugging Face Hub at the card's revision into `models_dir/<id>/`
-    (huggingface_hub resumes an interrupted download), check and record the sha256; pip/local cards need no pull."""
+    (huggingface_hub resumes an interrupted download), check and record the sha256; pip/local cards need no pull.
+    The url names `files[0]`; the card's other files (tokenizer, config) sit next to it in the same repo."""
     if card.source.kind != "url":
         return card.resolve(models_dir)
-    repo, revision, filename = _hf_source(card)
+    repo, revision, first = _hf_source(card)
+    folder = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
     dest_dir = card.location(models_dir)
-    target = dest_dir / card.files[0].path
+    if not _COMMIT.fullmatch(revision) and any(not (dest_dir / f.path).is_file() for f in card.files):
+        log.warning("card %s pins revision %r, not a commit: pin one so the weights cannot change", card.id, revision)
+    for n, f in enumerate(card.files):
+        _pull_file(card, f, repo, revision, first if n == 0 else folder + f.path, dest_dir, timeout_s)
+    return dest_dir
+
+
+def _pull_file(
+    card: ModelCard, f: CardFile, repo: str, revision: str, remote: str, dest_dir: Path, timeout_s: float
+) -> None:
+    """One file of a pull: download unless present, then check its pinned sha256 (and record the digest)."""
+    target = dest_dir / f.path
     downloaded = not target.is_file()
     if downloaded:
-        if not _COMMIT.fullmatch(revision):
-            log.warning(
-                "card %s pins revision %r, not a commit: pin one so the weights cannot change", card.id, revision
-            )
         import huggingface_hub
         from huggingface_hub import hf_hub_download
 
         try:
             # The partial download lives in local_dir/.cache/huggingface (resumable), never at the target path.
-            got = Path(hf_hub_download(repo, filename, revision=revision, local_dir=dest_dir, etag_timeout=timeout_s))
+            got = Path(hf_hub_download(repo, remote, revision=revision, local_dir=dest_dir, etag_timeout=timeout_s))
         except (OSError, ValueError) as e:  # HTTP, offline, missing entry and timeout errors all derive from these
             _drop_empty_download(dest_dir)
             why = "HF_HUB_OFFLINE is set" if huggingface_hub.constants.HF_HUB_OFFLINE else "no network or no such file"
             raise ModelUnavailableError(
                 "download_failed",
                 f"could not fetch '{card.id}' from the Hugging Face Hub ({why}: {type(e).__name__}); "
-                f"or copy {card.files[0].path} into models_dir/{card.id}/ by hand",
+                f"or copy {f.path} into models_dir/{card.id}/ by hand",
             ) from None
         if got != target:
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(got, target)
-    digest = recorded_sha256(dest_dir, card.files[0].path)
-    want = card.files[0].sha256
-    if want and digest != want:
+    digest = recorded_sha256(dest_dir, f.path)
+    if f.sha256 and digest != f.sha256:
         if downloaded:  # never keep what we fetched unverified; a file someone copied in is theirs to inspect
             target.unlink()
-        raise ModelUnavailableError(
-            "sha256_mismatch", f"{card.id}: {card.files[0].path} has sha256 {digest}, card pins {want}"
-        )
-    if not want:
-        log.warning("card %s pins no sha256; the pulled file has sha256 %s — pin it in the card", card.id, digest)
-    return dest_dir
+        raise ModelUnavailableError("sha256_mismatch", f"{card.id}: {f.path} has sha256 {digest}, card pins {f.sha256}")
+    if not f.sha256:
+        log.warning("card %s pins no sha256; the pulled %s has sha256 %s — pin it in the card", card.id, f.path, digest)

@@ -80,6 +80,8 @@ class ModelsConfig(_Section):
     text: ModelRef = ModelRef(card="minilm-l6-v2", required=True)
     asr: ModelRef = ModelRef(card="whisper-tiny-en", required=False)
     ocr: ModelRef = ModelRef(card="rapidocr-ppocrv4", required=False)
+    # The optional `omni` modality (frames + audio in one model, e.g. embeddinggemma-2); None: off.
+    omni: ModelRef | None = None
     models_dir: Path = Path("./data/models")
     cards_dir: Path = DEFAULT_CARDS_DIR
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -100,6 +102,14 @@ class TextConfig(_Section):
     batch_size: int = Field(32, ge=1)
     max_tokens: int = Field(256, ge=8)
     transcript_max_chars: int = Field(4000, ge=0)
+
+
+class OmniConfig(_Section):
+    """The omni encoder (models.omni): clips per forward pass and how much of each clip's audio it hears."""
+
+    batch_size: int = Field(4, ge=1)
+    max_audio_s: float = Field(30.0, gt=0, le=300)  # EmbeddingGemma 2's feature extractor default window
+    min_audio_s: float = Field(0.25, ge=0)  # shorter audio is treated as none (the conv front end needs frames)
 
 
 class AsrConfig(_Section):
@@ -248,11 +258,16 @@ class SemanticIdConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """The quality gate of `backfill --swap-alias` and `reelvec eval`: Recall@k on a query set."""
+    """The quality gate of `backfill --swap-alias` and `reelvec eval [--compare]`: metrics on a query set."""
 
     queries: Path | None = None
     k: int = Field(5, ge=1, le=100)
+    # The gate's tolerance: refuse a version when a metric's paired-bootstrap interval of (new − live) lies wholly
+    # below −max_drop.
     max_drop: float = Field(0.02, ge=0, le=1)
+    bootstrap_samples: int = Field(10_000, ge=100, le=1_000_000)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0  # fixed: the same query set gives the same interval
 
 
 class ReelvecConfig(_Section):
@@ -264,6 +279,7 @@ class ReelvecConfig(_Section):
     models: ModelsConfig = ModelsConfig()
     clip: ClipConfig = ClipConfig()
     text: TextConfig = TextConfig()
+    omni: OmniConfig = OmniConfig()
     asr: AsrConfig = AsrConfig()
     ocr: OcrConfig = OcrConfig()
     fusion: FusionConfig = FusionConfig()

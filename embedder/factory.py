@@ -13,12 +13,13 @@ from embedder.asr import Transcriber
 from embedder.cards import ModelCard, check_pinned, load_card
 from embedder.config import ModelsConfig, ReelvecConfig
 from embedder.encoders.clip import ClipEncoder
+from embedder.encoders.omni import OmniEncoder
 from embedder.encoders.text import TextEncoder
 from embedder.ocr import OcrReader
 
 log = logging.getLogger(__name__)
 
-Model = ClipEncoder | TextEncoder | Transcriber | OcrReader
+Model = ClipEncoder | TextEncoder | OmniEncoder | Transcriber | OcrReader
 
 
 def resolve_device(models: ModelsConfig) -> str:
@@ -39,6 +40,7 @@ def resolve_dtype(models: ModelsConfig, device: str) -> torch.dtype:
 _LOADERS: dict[str, Callable[[ModelCard, Path, ReelvecConfig, str, torch.dtype], Any]] = {
     "open_clip": lambda card, w, cfg, dev, dt: ClipEncoder(card, w, cfg.clip, dev, dt),
     "hf_text": lambda card, w, cfg, dev, dt: TextEncoder(card, w, cfg.text, dev, dt),
+    "hf_omni": lambda card, w, cfg, dev, dt: OmniEncoder(card, w, cfg.omni, dev, dt),
     "faster_whisper": lambda card, w, cfg, dev, _dt: Transcriber(card, w, cfg.asr, dev),
     "rapidocr": lambda card, w, cfg, dev, _dt: OcrReader(
         card,

@@ -182,6 +182,7 @@ def models_pull(
     with cli_errors(as_json):
         cfg = get_config(config)
         refs = [card_id] if card_id else [cfg.models.clip.card, cfg.models.text.card, cfg.models.asr.card]
+        refs += [cfg.models.omni.card] if cfg.models.omni and not card_id else []
         cards = [load_card(r, cfg.models.cards_dir) for r in refs]
         for c in cards:
             pull(c, cfg.models.models_dir)
@@ -189,15 +190,58 @@ def models_pull(
     _print_status(rows, as_json)
 
 
+def fit_table(columns: list[tuple[str, str]], rows: list[list[str]], title: str | None = None) -> Any:
+    """A rich table that fits the terminal: `id` columns (item ids, card ids) are never cut (wider than the terminal:
+    folded onto more lines), `num` and `short` columns (scores, dates) keep their width, `text` columns share what
+    is left, one line each, ending in an ellipsis; a text column that would get under 6 characters is left out,
+    the rightmost first."""
+    from rich.table import Table
+    from rich.text import Text
+
+    widths = [max([Text.from_markup(r[n]).cell_len for r in rows] + [len(name)]) for n, (name, _) in enumerate(columns)]
+    keep = list(range(len(columns)))
+    while True:
+        text = [n for n in keep if columns[n][1] == "text"]
+        room = out.width - (3 * len(keep) + 1) - sum(widths[n] for n in keep if n not in text)
+        share = _share([widths[n] for n in text], room)
+        if not text or min(share) >= min(6, *(widths[n] for n in text)):
+            break
+        keep.remove(text[-1])
+    given = dict(zip(text, share, strict=True))
+    for n in (n for n in keep if columns[n][1] == "id" and room < 0):  # an id wider than the terminal folds
+        given[n], room = max(widths[n] + room, 8), 0
+    t = Table(title=title)
+    for n in keep:
+        name, kind = columns[n]
+        fold = kind == "id" and n in given
+        t.add_column(name, width=given.get(n, widths[n]), no_wrap=not fold, overflow="fold" if fold else "ellipsis",
+                     justify="right" if kind == "num" else "left")  # fmt: skip
+    for r in rows:
+        t.add_row(*[r[n] for n in keep])
+    return t
+
+
+def _share(wants: list[int], room: int) -> list[int]:
+    """Split `room` characters among columns wanting `wants`: small wants are met whole, the rest share equally."""
+    give = [0] * len(wants)
+    left = sorted(range(len(wants)), key=lambda i: wants[i])
+    while left:
+        each = max(room, 0) // len(left)
+        i = left.pop(0)
+        give[i] = min(wants[i], each)
+        room -= give[i]
+    return give
+
+
 def _print_status(rows: list[Any], as_json: bool) -> None:
     def human() -> None:
-        from rich.table import Table
-
-        t = Table("id", "family", "modality", "present", "verified", "detail")
-        for r in rows:
-            present = "[green]yes[/]" if r.present else "[red]missing[/]"
-            t.add_row(r.id, r.family, r.modality, present, str(r.verified), r.detail)
-        out.print(t)
+        cols = [("id", "id"), ("family", "short"), ("modality", "short"), ("present", "short")]
+        cols += [("verified", "short"), ("detail", "text")]
+        present = {True: "[green]yes[/]", False: "[red]missing[/]"}
+        cells = [
+            [escape(r.id), r.family, r.modality, present[r.present], str(r.verified), escape(r.detail)] for r in rows
+        ]
+        out.print(fit_table(cols, cells))
 
     emit([r.to_json() for r in rows], as_json, human)
 
@@ -257,26 +301,21 @@ def _print_hits(hits: list[Any], as_json: bool, title: str, moments: list[Any] |
             row["moment"] = m.to_json() if m is not None else None
 
     def human() -> None:
-        from rich.table import Table
-
-        t = Table("score", "item id", "caption", "modalities", "creator", "created", title=title)
-        if moments is not None:
-            t.add_column("moment")
+        cols = [("score", "num"), ("item id", "id"), ("caption", "text"), ("modalities", "text")]
+        cols += [("creator", "text"), ("created", "short")] + ([("moment", "text")] if moments is not None else [])
+        cells = []
         for row, h in zip(rows, hits, strict=True):
-            cap = escape((h.payload.get("caption") or "").strip()[:50]) or "[dim](no caption)[/]"
+            cap = escape(" ".join((h.payload.get("caption") or "").split())) or "[dim](no caption)[/]"
             created = str(h.payload.get("created_at") or "")[:10]
             mods = ",".join(h.payload.get("modalities") or [])
             creator = str(h.payload.get("creator_id") or "")
-            cells = [f"{h.score:.4f}", escape(h.item_id), cap, mods, escape(creator), created]
+            line = [f"{h.score:.4f}", escape(h.item_id), cap, mods, escape(creator), created]
             if moments is not None:
                 m = row["moment"]
-                cells.append(
-                    "-"
-                    if m is None
-                    else f"{m['start_s']:.1f}-{m['end_s']:.1f}s {m['source']}: {escape(m['text'][:40])}"
-                )
-            t.add_row(*cells)
-        out.print(t)
+                text = " ".join(str(m["text"]).split()) if m is not None else ""
+                line.append("-" if m is None else f"{m['start_s']:.1f}-{m['end_s']:.1f}s {m['source']}: {escape(text)}")
+            cells.append(line)
+        out.print(fit_table(cols, cells, title=title))
 
     emit(rows, as_json, human)
 
@@ -602,31 +641,106 @@ def semantic_assign(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 @app.command("eval")
 def evaluate_cmd(
     version: Annotated[str | None, typer.Option(help="Index version to score (default: the alias's).")] = None,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(help="Compare two index versions A B: metrics, B − A with a paired-bootstrap interval."),
+    ] = None,
+    config_b: Annotated[
+        Path | None, typer.Option(help="With --compare: config whose models built B (default: --config's).")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="With --compare: write an HTML report into this folder.")] = None,
     queries: Annotated[Path | None, typer.Option(help="JSONL of {query, expected} (default eval.queries).")] = None,
     k: Annotated[int | None, typer.Option("-k", help="Recall@k (default eval.k).")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recall@k of the evaluation queries against one index version (the quality gate's measure)."""
-    from embedder.pipeline import ItemEmbedder
-    from serving.evaluation import evaluate, load_queries
+    """Recall@k, Recall@1/5/10, nDCG@10 and MRR of the evaluation queries against one index version, or with
+    --compare A B both versions, the change with its interval, per-query wins/losses and modality ablations."""
+    from serving.evaluation import load_queries
 
     with cli_errors(as_json):
         cfg = get_config(config)
         qs = load_queries(queries or cfg.eval.queries)
         kk = cfg.eval.k if k is None else k
         _check_k(kk)
+        if compare is not None and all(compare):
+            _eval_compare(cfg, get_config(config_b) if config_b else cfg, compare, qs, kk, report, as_json)
+            return
         with _open_index(cfg, create=False, version=version) as index:
-            emb = ItemEmbedder(cfg)
-            try:
-                result = evaluate(index, emb.encode_query, qs, kk)
-            finally:
-                emb.close()
+            result = _eval_side(cfg, index, qs, kk)[0]
 
     def human() -> None:
-        out.print(f"version {result.version}: Recall@{result.k} = {result.recall:.3f} over {len(qs)} queries")
+        m = result.metrics
+        out.print(
+            f"version {escape(result.version)}: Recall@{result.k} = {result.recall:.3f} · nDCG@10 "
+            f"{m['ndcg@10']:.3f} · MRR {m['mrr']:.3f} over {len(qs)} queries"
+        )
 
     emit(result.to_json(), as_json, human)
+
+
+def _eval_side(cfg: ReelvecConfig, index: Any, qs: list[Any], k: int) -> tuple[Any, Any]:
+    """Encode the queries with `cfg`'s query models and score `index`: (EvalResult, the comparison side)."""
+    from embedder.pipeline import ItemEmbedder
+    from embedder.steps import GRAPH
+    from serving.evalcompare import Side
+    from serving.evaluation import evaluate_vectors
+
+    encoder = ItemEmbedder(cfg, GRAPH, steps=[s.name for s in GRAPH.steps if s.query is not None])
+    spec = encoder.spec
+    encoded = [encoder.encode_query(q.query) for q in qs]
+    side = Side(index, encoded, spec.weights, spec.dims)
+    return evaluate_vectors(index, [e["fused"] for e in encoded], qs, k), side
+
+
+def _eval_compare(
+    cfg: ReelvecConfig, cfg_b: ReelvecConfig, pair: tuple[str, str], qs: list[Any], k: int, report: Path | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    from contextlib import ExitStack
+    from dataclasses import replace
+
+    from serving.evalcompare import compare_versions
+    from serving.evalreport import write_report
+
+    with ExitStack() as stack:
+        ia = stack.enter_context(_open_index(cfg, create=False, version=pair[0]))
+        same = pair[0] == pair[1] and cfg_b is cfg  # an embedded index opens once per process
+        ib = ia if same else stack.enter_context(_open_index(cfg_b, create=False, version=pair[1]))
+        side_a = _eval_side(cfg, ia, qs, k)[1]
+        side_b = _eval_side(cfg_b, ib, qs, k)[1] if cfg_b is not cfg else replace(side_a, index=ib)
+        result = compare_versions(side_a, side_b, qs, cfg.eval, k)
+    doc = result.to_json()
+    if report is not None:
+        doc["report"] = str(write_report(result, report))
+    emit(doc, as_json, lambda: _print_comparison(result, doc.get("report")))
+
+
+def _print_comparison(c: Any, report: str | None) -> None:
+    from serving.evalcompare import PRIMARY
+    from serving.evalstats import LABELS, METRICS
+
+    pct = f"{c.confidence:.0%}"
+    cols = [("metric", "short"), ("A", "num"), ("B", "num"), ("B − A", "num"), (f"{pct} CI", "num")]
+    cells = [
+        [LABELS[i.metric], f"{i.a:.3f}", f"{i.b:.3f}", f"{i.diff:+.3f}", f"[{i.low:+.3f}, {i.high:+.3f}]", i.counts]
+        for i in c.intervals
+    ]
+    title = f"B = {escape(c.b.version)} vs A = {escape(c.a.version)} ({len(c.per_query)} queries)"
+    out.print(fit_table([*cols, ("wins/losses/ties", "short")], cells, title=title))
+    o = c.outcomes()
+    out.print(f"per query by {LABELS[PRIMARY]}: {o['win']} wins, {o['loss']} losses, {o['tie']} ties")
+    abl = [
+        [escape(m), *[f"{sides[s][x]:.3f}" if s in sides else "-" for s in ("a", "b") for x in ("ndcg@10", "mrr")]]
+        for m, sides in c.ablations.items()
+    ]
+    if abl:
+        heads = [("fused without", "short")] + [(f"{s} {LABELS[x]}", "num") for s in "AB" for x in METRICS[3:]]
+        out.print(fit_table(heads, abl, title="ablations"))
+    for note in c.notes:
+        out.print(f"[dim]{escape(note)}[/]")
+    if report:
+        out.print(f"report: {escape(report)}")
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from embedder.config import ClipConfig
 from embedder.types import ConfigError
 
 log = logging.getLogger(__name__)
+
+# Card params that override open_clip's preprocess_cfg (names as in open_clip's pretrained registry).
+_PREPROCESS = ("mean", "std", "interpolation", "resize_mode")
 
 
 class ClipEncoder:
@@ -35,8 +39,12 @@ class ClipEncoder:
         ckpt = weights / card.files[0].path if weights.is_dir() and card.files else weights
         model = open_clip.create_model(arch, pretrained=str(ckpt), device=device, weights_only=True)
         self.model = model.to(dtype=dtype).eval()
-        self.tokenizer = open_clip.get_tokenizer(arch)
-        pp = model.visual.preprocess_cfg
+        self.tokenizer = _tokenizer(open_clip, arch, card, weights)
+        # A checkpoint loaded from a file carries no preprocessing, so the card states it (open_clip's pretrained
+        # registry values: SigLIP2 / PE-Core squash frames to S×S with mean = std = 0.5); else the model's default.
+        pp = {**model.visual.preprocess_cfg, **{k: card.params[k] for k in _PREPROCESS if k in card.params}}
+        self.squash = pp.get("resize_mode") == "squash"
+        self.interpolation = "bilinear" if pp.get("interpolation") == "bilinear" else "bicubic"
         self.image_size = tuple(pp["size"]) if isinstance(pp["size"], tuple | list) else (pp["size"],) * 2
         self.mean = torch.tensor(pp["mean"], device=device, dtype=dtype).view(1, 3, 1, 1)
         self.std = torch.tensor(pp["std"], device=device, dtype=dtype).view(1, 3, 1, 1)
@@ -48,13 +56,13 @@ class ClipEncoder:
             raise ConfigError("invalid_card", f"card {card.id} says dims={card.dims}, model outputs {self.dims}")
 
     def _preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 T×H×W×3 → normalized T×3×S×S: resize short side (bicubic), center crop."""
+        """uint8 T×H×W×3 → normalized T×3×S×S: resize short side and center crop (or squash, per the model)."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
         th, tw = self.image_size
         h, w = x.shape[-2:]
         scale = max(th / h, tw / w)
-        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+        nh, nw = (th, tw) if self.squash else (max(th, round(h * scale)), max(tw, round(w * scale)))
+        x = F.interpolate(x, size=(nh, nw), mode=self.interpolation, align_corners=False, antialias=True).clamp_(0, 1)
         top, left = (nh - th) // 2, (nw - tw) // 2
         x = x[:, :, top : top + th, left : left + tw].to(self.dtype)
         return (x - self.mean) / self.std
@@ -91,3 +99,19 @@ class ClipEncoder:
             tok = self.tokenizer(texts[s : s + self.cfg.batch_size]).to(self.device)
             out.append(F.normalize(self.model.encode_text(tok).float(), dim=-1))
         return torch.cat(out).cpu().numpy().astype(np.float32)
+
+
+def _tokenizer(open_clip: Any, arch: str, card: ModelCard, weights: Path) -> Any:
+    """open_clip's tokenizer for `arch`; a card with `params.tokenizer_dir` (SigLIP2's Gemma tokenizer) reads the
+    Hugging Face tokenizer files pulled next to the weights instead of fetching them from the Hub."""
+    tok_dir = card.params.get("tokenizer_dir")
+    if tok_dir is None:
+        return open_clip.get_tokenizer(arch)
+    text_cfg = open_clip.get_model_config(arch)["text_cfg"]
+    folder = (weights if weights.is_dir() else weights.parent) / str(tok_dir)
+    return open_clip.tokenizer.HFTokenizer(
+        str(folder),
+        context_length=text_cfg.get("context_length", 77),
+        tokenizer_mode=text_cfg.get("tokenizer_mode"),
+        **text_cfg.get("tokenizer_kwargs", {}),
+    )

@@ -1,5 +1,5 @@
 """Text encoder on transformers' AutoModel: sentence encoders (mean / cls pooling) and decoder-LLM
-embedders (last-token pooling, instruction prefixes) through the same class.
+embedders (last-token pooling, instruction prefixes, Matryoshka truncation) through the same class.
 """
 
 from __future__ import annotations
@@ -55,9 +55,11 @@ class TextEncoder:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.model = AutoModel.from_pretrained(str(weights), local_files_only=True, dtype=dtype).to(device).eval()
         self.card, self.cfg, self.device = card, cfg, device
-        self.dims = int(self.model.config.hidden_size)
-        if card.dims is not None and card.dims != self.dims:
-            raise ConfigError("invalid_card", f"card {card.id} says dims={card.dims}, model outputs {self.dims}")
+        full = int(self.model.config.hidden_size)
+        stated = p.get("full_dims", card.dims)  # a Matryoshka card (`id@dims`) keeps the model's own size here
+        if stated is not None and int(stated) != full:
+            raise ConfigError("invalid_card", f"card {card.id} says dims={stated}, model outputs {full}")
+        self.dims = int(p.get("truncate_dims") or full)
 
     @torch.inference_mode()
     def encode(self, texts: list[str], kind: TextKind = "document") -> np.ndarray:
@@ -72,7 +74,7 @@ class TextEncoder:
                 batch, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
             ).to(self.device)
             hidden = self.model(**tok).last_hidden_state
-            v = pool(hidden, tok["attention_mask"], self.pooling).float()
+            v = pool(hidden, tok["attention_mask"], self.pooling).float()[:, : self.dims]  # Matryoshka prefix
             out.append(F.normalize(v, dim=-1) if self.normalize else v)
         return torch.cat(out).cpu().numpy().astype(np.float32)
 

@@ -154,7 +154,7 @@ def _address() -> str:
 def _quality_gate(cfg: ReelvecConfig, graph: Graph, writer: Any, report: BackfillReport) -> bool:
     """Recall@k of `eval.queries` on the new version vs. the live one; True when the alias may move."""
     from embedder.pipeline import ItemEmbedder
-    from serving.evaluation import gate, load_queries
+    from serving.evaluation import gate, incomparable, load_queries
 
     if cfg.eval.queries is None:
         log.warning("eval.queries is not set: the alias swap is not quality-gated")
@@ -165,10 +165,17 @@ def _quality_gate(cfg: ReelvecConfig, graph: Graph, writer: Any, report: Backfil
     fused = [encoder.encode_query(q.query)["fused"] for q in queries]
     new = call(writer.evaluate.remote(fused, queries, cfg.eval.k, None))
     live_version = call(writer.alias.remote())
-    live = None
+    live, decision = None, None
     if live_version is not None and live_version != report.version:
-        live = call(writer.evaluate.remote(fused, queries, cfg.eval.k, live_version))
-    decision = gate(new, live, cfg.eval.max_drop)
+        try:
+            live = call(writer.evaluate.remote(fused, queries, cfg.eval.k, live_version))
+        except ReelvecError as e:  # the live version was built by other encoders: its queries cannot be encoded here
+            if e.reason != "schema_mismatch":
+                raise
+            decision = incomparable(new, live_version)
+    decision = decision or gate(
+        new, live, cfg.eval.max_drop, cfg.eval.bootstrap_samples, cfg.eval.confidence, cfg.eval.seed
+    )
     report.gate = {
         "swap": decision.swap,
         "reason": decision.reason,
@@ -176,6 +183,7 @@ def _quality_gate(cfg: ReelvecConfig, graph: Graph, writer: Any, report: Backfil
         "new_recall": round(new.recall, 4),
         "live_version": live_version,
         "live_recall": None if live is None else round(live.recall, 4),
+        "intervals": [i.to_json() for i in decision.intervals],
     }
     if not decision.swap:
         log.warning("alias NOT swapped by the quality gate: %s", decision.reason)
