@@ -10,7 +10,7 @@ import numpy as np
 
 from embedder.config import EvalConfig
 from embedder.fusion import fuse
-from embedder.types import FUSED, MODALITIES
+from embedder.types import FUSED
 from serving.evalstats import METRICS, Interval, compare
 from serving.evaluation import EvalQuery, EvalResult, evaluate_vectors
 
@@ -70,7 +70,7 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float]:
 def without(encoded: dict[str, np.ndarray], modality: str, weights: dict[str, float], dims: dict[str, int]) -> Any:
     """The query's fused vector re-fused without `modality` (its block zero, the rest renormalized); the query's
     own fused vector when it lacks the modality, None when nothing else is left."""
-    rest = {m: v for m, v in encoded.items() if m in MODALITIES and m != modality}
+    rest = {m: v for m, v in encoded.items() if m in dims and m not in (FUSED, modality)}
     if modality not in encoded:
         return encoded[FUSED]
     try:
@@ -83,7 +83,7 @@ def ablations(side: Side, queries: list[EvalQuery], k: int) -> dict[str, dict[st
     """Modality → metric means of this version searched with fused queries that leave that modality out (a
     query left with no modality scores 0)."""
     out = {}
-    present = [m for m in MODALITIES if any(m in e for e in side.encoded)]
+    present = [m for m in side.dims if m != FUSED and any(m in e for e in side.encoded)]
     for m in present:
         vecs = [without(e, m, side.weights, side.dims) for e in side.encoded]
         keep = [i for i, v in enumerate(vecs) if v is not None]
