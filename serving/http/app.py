@@ -37,6 +37,7 @@ from embedder.pipeline import Work, check_query, embedding_or_raise, embedding_s
 from embedder.types import ItemEmbedding, ItemInput, ReelvecError, StoreError
 from index import SearchFilter
 from serving.deployments import STEP_INPUTS, ModelInfo
+from serving.http import ui_routes
 from serving.http.admission import Admission, Gates
 from serving.http.errors import ERROR_RESPONSES, ApiError, error_body, error_headers, status_for
 from serving.http.openapi import openapi_document
@@ -92,6 +93,7 @@ api = FastAPI(
     summary="Embed and index short videos on upload; search them by text, clip or item id.",
     docs_url="/docs",
 )
+api.include_router(ui_routes.router)  # the browser UI at /ui and its read endpoints (thumbnails, duplicates, report)
 
 
 @dataclass
@@ -273,6 +275,7 @@ class Ingress:
         self.metrics = ServeMetrics()
         self.gates = Gates(admission or Admission.from_config(cfg.serve))
         bind_runtime(cfg, self.metrics)
+        ui_routes.bind_ui(cfg, writer)
         self._models: dict[str, ModelInfo] | None = None
         self._inflight = 0
 
