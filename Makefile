@@ -6,7 +6,7 @@ export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo test test-all lint bench clean chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,11 +32,19 @@ demo: venv
 	@echo "--- a silent, captionless clip found by its on-screen text (see the modalities column):"
 	$(DEMO) $(RV) search "baking a loaf of sourdough bread at home" -k 3 --moments
 	$(DEMO) $(RV) dups
+	@echo "--- the browser UI (search, item pages, duplicates, eval report): start the server, then open the URL:"
+	@echo "    $(DEMO) $(RV) serve   # then open http://127.0.0.1:8000/ui"
 
-test: venv
+# tests/test_ui.py drives Debian's chromium headless (Playwright, no browser download); installed when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: venv chromium
 	$(PY) -m pytest -q
 
-test-all: venv
+test-all: venv chromium
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: venv

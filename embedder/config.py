@@ -270,6 +270,16 @@ class EvalConfig(_Section):
     seed: int = 0  # fixed: the same query set gives the same interval
 
 
+class UiConfig(_Section):
+    """The browser UI at /ui: the thumbnails stored at ingest and the eval report it shows."""
+
+    thumbs: int = Field(4, ge=0, le=16)  # per item, spread over the sampled frames (0: none)
+    thumb_size: int = Field(96, ge=16, le=512)  # longest side, pixels
+    thumb_quality: int = Field(70, ge=10, le=95)  # JPEG quality
+    # Folder of the latest `reelvec eval --compare --report DIR` page (index.html); null: <data_dir>/report.
+    report_dir: Path | None = None
+
+
 class ReelvecConfig(_Section):
     """The whole configuration; `configs/default.yaml` mirrors it key for key."""
 
@@ -289,6 +299,7 @@ class ReelvecConfig(_Section):
     dedup: DedupConfig = DedupConfig()
     semantic_ids: SemanticIdConfig = SemanticIdConfig()
     eval: EvalConfig = EvalConfig()
+    ui: UiConfig = UiConfig()
 
 
 def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:

@@ -130,6 +130,9 @@ class IndexWriter:
     async def count(self) -> int:
         return await self._run("count")
 
+    async def duplicate_groups(self, threshold: float) -> list[list[str]]:
+        return await self._run("duplicate_groups", threshold)
+
     async def ping(self) -> dict[str, Any]:
         count = await self._run("count")
         return {"reachable": True, "count": count}

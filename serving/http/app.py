@@ -39,6 +39,7 @@ from embedder.pipeline import check_query, embedding_spec
 from embedder.types import ItemEmbedding, ItemInput, ReelvecError, StoreError
 from index import SearchFilter
 from serving.graph_serve import GraphClient
+from serving.http import ui_routes
 from serving.http.admission import Admission, Gates
 from serving.http.errors import ERROR_RESPONSES, ApiError, error_body, error_headers, status_for
 from serving.http.openapi import openapi_document
@@ -87,6 +88,7 @@ api = FastAPI(
     summary="Embed and index short videos on upload; search them by text, clip or item id.",
     docs_url="/docs",
 )
+api.include_router(ui_routes.router)  # the browser UI at /ui and its read endpoints (thumbnails, duplicates, report)
 
 
 @dataclass
@@ -268,6 +270,7 @@ class Ingress:
         self.metrics = ServeMetrics()
         self.gates = Gates(admission or Admission.from_config(cfg.serve))
         bind_runtime(cfg, self.metrics)
+        ui_routes.bind_ui(cfg, writer)
         self._inflight = 0
         self._writer_open = False
 

@@ -1,0 +1,139 @@
+"""The browser UI's routes: the static pages at `/ui` (no build step, nothing fetched from elsewhere) and the
+few read endpoints the pages need beyond search and items: thumbnails, duplicate groups, the latest eval report.
+
+Included into the ingress's FastAPI app; `bind_ui` (called by `Ingress.__init__`) hands them the config and the
+IndexWriter handle, as `bind_runtime` does for app.py's handlers (routes are pickled, a module global is not).
+"""
+
+# No `from __future__ import annotations`: FastAPI must see real types in the route signatures (see app.py).
+import mimetypes
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+from ray.serve.handle import DeploymentHandle
+
+from embedder.config import ReelvecConfig
+from embedder.items import check_item_id
+from embedder.thumbs import thumb_jpeg
+from serving.http.errors import ERROR_RESPONSES, ApiError
+from serving.http.upload import check_api_key
+
+UI_DIR = Path(__file__).resolve().parent / "ui"
+# The pages' own files: an allowlist made once, so a request names a file only by its plain name.
+_ASSETS = {p.name: p for p in UI_DIR.iterdir() if p.is_file() and p.suffix in (".html", ".js", ".css", ".png")}
+_REPORT_TYPES = {".html", ".png", ".svg", ".jpg", ".jpeg", ".css", ".json"}
+# Pages and report: never cached stale after an upgrade; thumbnails are immutable per item version.
+_NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+@dataclass
+class _UiRuntime:
+    cfg: ReelvecConfig | None = None
+    writer: DeploymentHandle | None = None
+
+
+_UI = _UiRuntime()
+
+
+def bind_ui(cfg: ReelvecConfig, writer: DeploymentHandle) -> None:
+    """Called by `Ingress.__init__` in the replica, where the routes run."""
+    _UI.cfg, _UI.writer = cfg, writer
+
+
+def _runtime(request: Request) -> tuple[ReelvecConfig, DeploymentHandle]:
+    """The bound config and writer, after the same read check as search and GET items."""
+    if _UI.cfg is None or _UI.writer is None:
+        raise ApiError("overloaded", "the UI routes are not bound to an ingress yet", 503)
+    s = _UI.cfg.serve
+    check_api_key(request, s.api_key, required=not s.public_read)
+    return _UI.cfg, _UI.writer
+
+
+def report_dir(cfg: ReelvecConfig) -> Path:
+    """Where the latest eval report lives: `ui.report_dir`, else `<data_dir>/report`."""
+    return cfg.ui.report_dir if cfg.ui.report_dir is not None else cfg.data_dir / "report"
+
+
+class DuplicateGroups(BaseModel):
+    threshold: float = Field(description="Fingerprint similarity the groups were linked at.")
+    groups: list[list[str]] = Field(description="Sorted item ids of each group of re-uploads (2 or more each).")
+
+
+class ReportInfo(BaseModel):
+    available: bool
+    files: list[str] = Field(default_factory=list, description="Files of the report folder (index.html first).")
+
+
+# The /v1 routes below stay out of /openapi.json for now: the contract there (openapi.py: security per path,
+# item-id pattern) and its Schemathesis test count the core operations; publishing these means adding them there.
+router = APIRouter()
+
+
+@router.get("/ui", include_in_schema=False)
+@router.get("/ui/", include_in_schema=False)
+async def ui_page() -> FileResponse:
+    return FileResponse(_ASSETS["index.html"], media_type="text/html", headers=_NO_CACHE)
+
+
+@router.get("/ui/static/{name}", include_in_schema=False)
+async def ui_asset(name: str) -> FileResponse:
+    path = _ASSETS.get(name)
+    if path is None:
+        raise ApiError("not_found", "no such UI file", 404)
+    return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0], headers=_NO_CACHE)
+
+
+@router.get(
+    "/v1/items/{item_id:path}/thumbs/{n}",
+    include_in_schema=False,
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}, "description": "The n-th thumbnail (JPEG)"}, **ERROR_RESPONSES},
+    summary="One stored thumbnail of an item (404 when the item has fewer)",
+)
+async def item_thumb(request: Request, item_id: str, n: int) -> Response:
+    cfg, writer = _runtime(request)
+    request.state.item_id = item_id
+    stored = await writer.get.remote(check_item_id(item_id, cfg.limits), False)
+    jpeg = thumb_jpeg(stored["payload"], n)
+    if jpeg is None:
+        raise ApiError("not_found", f"item has no thumbnail {n}", 404)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/v1/duplicates", response_model=DuplicateGroups, responses=ERROR_RESPONSES, include_in_schema=False)
+async def duplicates(
+    request: Request, threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None
+) -> DuplicateGroups:
+    """Groups of re-uploads by perceptual fingerprint (as `reelvec dups`); scans every stored fingerprint."""
+    cfg, writer = _runtime(request)
+    limit = cfg.dedup.threshold if threshold is None else threshold
+    return DuplicateGroups(threshold=limit, groups=await writer.duplicate_groups.remote(limit))
+
+
+def _report_files(folder: Path) -> list[str]:
+    if not (folder / "index.html").is_file():
+        return []
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _REPORT_TYPES)
+    return ["index.html", *(n for n in names if n != "index.html")]
+
+
+@router.get("/v1/report", response_model=ReportInfo, responses=ERROR_RESPONSES, include_in_schema=False)
+async def report_info(request: Request) -> ReportInfo:
+    """Whether an eval report (`reelvec eval --compare --report DIR`, DIR = ui.report_dir) is there to show."""
+    cfg, _ = _runtime(request)
+    files = _report_files(report_dir(cfg))
+    return ReportInfo(available=bool(files), files=files)
+
+
+@router.get("/v1/report/{name}", response_class=Response, include_in_schema=False)
+async def report_file(request: Request, name: str) -> Any:
+    cfg, _ = _runtime(request)
+    folder = report_dir(cfg)
+    if name not in _report_files(folder):  # plain names listed in the folder only: no path ever reaches open()
+        raise ApiError("not_found", "no such report file", 404)
+    path = folder / name
+    return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0], headers=_NO_CACHE)
