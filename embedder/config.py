@@ -119,6 +119,13 @@ class AsrConfig(_Section):
     batch_mode: Literal["pack", "generate", "none"] = "none"
     batch_size: int = Field(8, ge=1)
     pack_gap_s: float = Field(1.0, ge=0)
+    # Runtime: ctranslate2 (faster-whisper, int8 on CPU) or torch (transformers Whisper from the same CTranslate2
+    # weights, fp16 on cuda: the CTranslate2 wheel's CUDA build needs CUDA 12). auto: torch on cuda, else ctranslate2.
+    backend: Literal["auto", "ctranslate2", "torch"] = "auto"
+    # Where ASR runs: auto follows models.device; cpu keeps Whisper off the GPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The torch backend's converted weights (transformers layout), written once per card and weights digest.
+    torch_cache_dir: Path = Path("./data/models/converted")
 
 
 class OcrConfig(_Section):
