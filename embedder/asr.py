@@ -73,7 +73,7 @@ class Transcriber:
 
             digest = next((f.sha256 for f in self.card.files if f.path == "model.bin" and f.sha256), None)
             key = f"{self.card.id}-{(digest or 'unpinned')[:12]}"
-            return build_torch_whisper(weights, self.cfg.torch_cache_dir, key, self.device)
+            return build_torch_whisper(weights, Path(self.cfg.torch_cache_dir or "converted"), key, self.device)
         from faster_whisper import WhisperModel
 
         return WhisperModel(

@@ -157,7 +157,7 @@ def load_hf_whisper(model_dir: Path, cache_dir: Path, key: str, device: str, dty
     if not (target / "config.json").is_file():
         config, state = ct2_to_hf(read_ct2(model_dir / "model.bin"))
         model = WhisperForConditionalGeneration(config)
-        model.load_state_dict(state, strict=False)  # the tied proj_out and buffers need no entry
+        model.load_state_dict(state, strict=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
         model.save_pretrained(tmp)
@@ -330,7 +330,7 @@ class _Greedy:
         done = [False] * batch
         no_speech = [0.0] * batch
         for step in range(max(self.max_new, 0)):
-            h = dec(input_ids=ids, encoder_hidden_states=self.enc, past_key_values=cache, use_cache=True)
+            h = dec(input_ids=ids, encoder_hidden_states=self.enc, cache=cache, use_cache=True)
             if step == 0:
                 sot_at = self.prompts[0].index(v.sot)
                 first = self.m.hf.proj_out(h.last_hidden_state[:, sot_at]).float().softmax(-1)
@@ -397,6 +397,7 @@ def build_torch_whisper(model_dir: Path, cache_dir: Path, key: str, device: str)
             dtype = torch.float16 if device.startswith("cuda") else torch.float32
             hf = load_hf_whisper(model_dir, cache_dir, key, device, dtype)
             self.logger = get_logger()
+            self.source = model_dir
             self.hf_tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
             self.model = TorchWhisper(hf, _vocab(model_dir, self.hf_tokenizer))
             self.feat_kwargs = self._get_feature_kwargs(str(model_dir), None)

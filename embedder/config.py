@@ -124,8 +124,9 @@ class AsrConfig(_Section):
     backend: Literal["auto", "ctranslate2", "torch"] = "auto"
     # Where ASR runs: auto follows models.device; cpu keeps Whisper off the GPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # The torch backend's converted weights (transformers layout), written once per card and weights digest.
-    torch_cache_dir: Path = Path("./data/models/converted")
+    # The torch backend's converted weights (transformers layout), written once per card and weights digest;
+    # null: `converted/` inside models.models_dir.
+    torch_cache_dir: Path | None = None
 
 
 class OcrConfig(_Section):
@@ -288,6 +289,8 @@ class ReelvecConfig(_Section):
     def _batching_fits(self) -> ReelvecConfig:
         if self.serve.max_queued_requests == 0:
             raise ValueError("serve.max_queued_requests must be -1 (unbounded) or >= 1")
+        if self.asr.torch_cache_dir is None:
+            self.asr.torch_cache_dir = Path(self.models.models_dir) / "converted"
         return self
 
 
