@@ -146,6 +146,13 @@ class OcrConfig(_Section):
     # same ONNX graphs converted to torch by onnx2torch (GPU OCR where onnxruntime-gpu is absent). auto: torch on
     # cuda when onnxruntime has no CUDA provider and onnx2torch is installed, else onnxruntime.
     engine: Literal["auto", "onnxruntime", "torch"] = "auto"
+    # Text gate (bench/ocr.py): the detector at `gate_scale` of the frame first; a frame with fewer than
+    # `gate_min_pixels` pixels above the card's det_thresh skips the full-size detector (no text there).
+    text_gate: bool = True
+    gate_scale: float = Field(0.33, gt=0, le=1)
+    gate_min_pixels: int = Field(16, ge=1)
+    # Precision of the torch engine's modules: auto = float16 on cuda, float32 on cpu.
+    torch_dtype: Literal["auto", "float32", "float16"] = "auto"
 
 
 class FusionConfig(_Section):
