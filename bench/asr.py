@@ -82,17 +82,20 @@ def no_speech_audio(kind: str, seconds: float, seed: int) -> np.ndarray:
     return (0.25 * out + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each `fn` over `repeats` rounds after a warm-up round; rounds interleave the fns so a
-    change in machine load hits every variant alike."""
+def median_times(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Median wall time of each `fn` over `repeats` rounds after a warm-up round, and each fn's warm-up output;
+    rounds interleave the fns so a change in machine load hits every variant alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
+    outputs: dict[str, Any] = {}
     for r in range(repeats + 1):
         for k, fn in fns.items():
             t0 = time.perf_counter()
-            fn()
+            out = fn()
             if r:
                 times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            else:
+                outputs[k] = out
+    return {k: statistics.median(v) for k, v in times.items()}, outputs
 
 
 def run(asr: Transcriber, audios: list[np.ndarray | None], mode: str, gate: bool, vad: bool = True) -> list[Transcript]:
@@ -130,8 +133,7 @@ def backend_rows(
     modes = ["none", "generate", "pack"]
     table: list[tuple[str, ...]] = []
     spoken_wer: dict[str, float] = {}
-    out = {m: run(asr, speech, m, gate=True) for m in modes}
-    t_speech = median_times({m: lambda m=m: run(asr, speech, m, gate=True) for m in modes}, repeats)
+    t_speech, out = median_times({m: lambda m=m: run(asr, speech, m, gate=True) for m in modes}, repeats)
     ref = [t.text for t in out["none"]]
     for m in modes:
         spoken_wer[f"speech: {m}"] = wer(spoken, [t.text for t in out[m]])
@@ -148,8 +150,7 @@ def backend_rows(
             "generate, gate on": ("generate", True, True),
             "pack, gate off": ("pack", False, True),
         }
-    mixed_out = {c: run(asr, mixed, *args) for c, args in combos.items()}
-    t_mixed = median_times({c: lambda a=a: run(asr, mixed, *a) for c, a in combos.items()}, repeats)
+    t_mixed, mixed_out = median_times({c: lambda a=a: run(asr, mixed, *a) for c, a in combos.items()}, repeats)
     base = "none, gate off" if full else "none, gate on"
     ref_voiced = [mixed_out[base][i].text for i in voiced]
     spoken_voiced = [spoken[2 * k] for k in range(len(voiced))]
@@ -158,8 +159,7 @@ def backend_rows(
         given = f"{sum(bool(res[i].text) for i in no_voice)}/{len(no_voice)}"
         table.append(_row(f"{name} · mixed: {c}", nm, t_mixed, c, ref_voiced, spoken_voiced, hyp, given, base))
 
-    under_out = {m: run(asr, under, m, gate=True) for m in ("none", "pack")}
-    t_under = median_times({m: lambda m=m: run(asr, under, m, gate=True) for m in under_out}, repeats)
+    t_under, under_out = median_times({m: lambda m=m: run(asr, under, m, gate=True) for m in ("none", "pack")}, repeats)
     ref_under = [t.text for t in under_out["none"]]
     for m, res in under_out.items():
         spoken_wer[f"speech+music: {m}"] = wer(spoken_voiced, [t.text for t in res])
