@@ -112,11 +112,11 @@ class AsrConfig(_Section):
     # Speech gate: Silero VAD (shipped in faster-whisper) on the decoded audio; no speech → Whisper is skipped.
     speech_gate: bool = True
     min_speech_s: float = Field(0.3, ge=0)
-    # Transcription across items (bench/asr.py): `none` = one clip per Whisper call (default: a clip's transcript
-    # never depends on what it was batched with, so ingest, HTTP and backfill store identical vectors);
-    # `pack` = up to `batch_size` clips' speech back to back in one stream (2.4-4.2x clips/s on 2 cores, but
-    # 11 % of words differ from one-by-one); `generate` = batched padded windows (slower on CPU, 3.9 % differ).
-    batch_mode: Literal["pack", "generate", "none"] = "none"
+    # Transcription across items, chosen by WER against the spoken words and speed (bench/asr.py): `pack` =
+    # up to `batch_size` clips' speech back to back in one stream (default: 8.2 % WER vs 13.1 % one by one on the
+    # samples, 4.4 vs 11.1 % with no-voice clips mixed in, 2.3-4.2x clips/s; a transcript depends on its batch
+    # mates); `none` = one clip per Whisper call (batch-independent); `generate` = batched padded windows.
+    batch_mode: Literal["pack", "generate", "none"] = "pack"
     batch_size: int = Field(8, ge=1)
     pack_gap_s: float = Field(1.0, ge=0)
     # Runtime: ctranslate2 (faster-whisper, int8 on CPU) or torch (transformers Whisper from the same CTranslate2
