@@ -1,9 +1,11 @@
 """Batched ASR across items and the speech gate: clips/s for one by one vs `generate` vs `pack`, and word error rates.
 
 Speech set: the 16 sample clips. Mixed set: 8 of them plus 8 clips without speech (music-like chords, noise,
-silence, made with numpy), so half the items have no voice. WER is word edit distance over the whole set after
-lowercasing and dropping punctuation, against the one-by-one transcripts and against the spoken sentences.
-Usage: python bench/asr.py [--repeats 3] [--threads 2] [--no-write]   (writes its section of bench/RESULTS.md)
+silence, made with numpy), so half the items have no voice; and the same 8 speech clips with synthetic music mixed
+under the voice (speech+music, -6 dB). WER is word edit distance over the whole set after lowercasing and dropping
+punctuation, against the one-by-one transcripts (same backend) and against the spoken sentences. Both runtimes run:
+ctranslate2 (faster-whisper, int8) and torch (transformers Whisper from the same shipped weights, fp32 on CPU).
+Usage: python bench/asr.py [--repeats 3] [--threads 2] [--backends ctranslate2,torch] [--smoke] [--no-write]
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -78,17 +82,20 @@ def no_speech_audio(kind: str, seconds: float, seed: int) -> np.ndarray:
     return (0.25 * out + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each `fn` over `repeats` rounds after a warm-up round; rounds interleave the fns so a
-    change in machine load hits every variant alike."""
+def median_times(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Median wall time of each `fn` over `repeats` rounds after a warm-up round, and each fn's warm-up output;
+    rounds interleave the fns so a change in machine load hits every variant alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
+    outputs: dict[str, Any] = {}
     for r in range(repeats + 1):
         for k, fn in fns.items():
             t0 = time.perf_counter()
-            fn()
+            out = fn()
             if r:
                 times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            else:
+                outputs[k] = out
+    return {k: statistics.median(v) for k, v in times.items()}, outputs
 
 
 def run(asr: Transcriber, audios: list[np.ndarray | None], mode: str, gate: bool, vad: bool = True) -> list[Transcript]:
@@ -97,87 +104,143 @@ def run(asr: Transcriber, audios: list[np.ndarray | None], mode: str, gate: bool
     return asr.transcribe_batch(audios, mode=mode)
 
 
+def speech_sets(cfg: Any, smoke: bool) -> tuple[list[np.ndarray], list[str], list[np.ndarray | None], list[np.ndarray]]:
+    """Speech clips with their spoken text, the mixed voice / no-voice set, and speech with music under it."""
+    rows = [json.loads(x) for x in (ROOT / "samples/clips/captions.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if SAMPLE_CLIP.fullmatch(r["file"])][: 4 if smoke else None]
+    speech = [decode_file(str(ROOT / "samples/clips" / r["file"]), cfg.decode, cfg.limits).audio for r in rows]
+    kinds = ["music", "music", "music", "music", "noise", "noise", "silence", "music"][: len(speech) // 2]
+    mixed: list[np.ndarray | None] = []
+    for k, kind in enumerate(kinds):
+        mixed += [speech[2 * k], no_speech_audio(kind, 4.5, seed=k)]
+    under = [mix_music(speech[2 * k], seed=100 + k) for k in range(len(kinds))]
+    return speech, [r["speech"] for r in rows], mixed, under
+
+
+def mix_music(voice: np.ndarray, seed: int, db: float = -6.0) -> np.ndarray:
+    """The voice with synthetic music under it at `db` relative to the voice's RMS."""
+    music = no_speech_audio("music", voice.size / SAMPLE_RATE + 0.1, seed)[: voice.size]
+    gain = 10 ** (db / 20) * np.sqrt(np.mean(voice**2)) / max(float(np.sqrt(np.mean(music**2))), 1e-9)
+    return (voice + gain * music).astype(np.float32)
+
+
+def backend_rows(
+    asr: Transcriber, sets: tuple, repeats: int, full: bool
+) -> tuple[list[tuple[str, ...]], dict[str, float]]:
+    """Table rows for one runtime: speech set per batch mode, mixed set per mode and gate, speech+music per mode."""
+    speech, spoken, mixed, under = sets
+    name = asr.backend
+    modes = ["none", "generate", "pack"]
+    table: list[tuple[str, ...]] = []
+    spoken_wer: dict[str, float] = {}
+    t_speech, out = median_times({m: lambda m=m: run(asr, speech, m, gate=True) for m in modes}, repeats)
+    ref = [t.text for t in out["none"]]
+    for m in modes:
+        spoken_wer[f"speech: {m}"] = wer(spoken, [t.text for t in out[m]])
+        table.append(_row(f"{name} · speech: {m}", len(speech), t_speech, m, ref, spoken, out[m], "-"))
+
+    nm = len(mixed)
+    voiced, no_voice = list(range(0, nm, 2)), list(range(1, nm, 2))
+    combos = {"none, gate on": ("none", True, True), "pack, gate on": ("pack", True, True)}
+    if full:
+        combos = {
+            "none, gate off": ("none", False, True),
+            "none, gate off, Whisper VAD off": ("none", False, False),
+            **combos,
+            "generate, gate on": ("generate", True, True),
+            "pack, gate off": ("pack", False, True),
+        }
+    t_mixed, mixed_out = median_times({c: lambda a=a: run(asr, mixed, *a) for c, a in combos.items()}, repeats)
+    base = "none, gate off" if full else "none, gate on"
+    ref_voiced = [mixed_out[base][i].text for i in voiced]
+    spoken_voiced = [spoken[2 * k] for k in range(len(voiced))]
+    for c, res in mixed_out.items():
+        hyp = [res[i] for i in voiced]
+        given = f"{sum(bool(res[i].text) for i in no_voice)}/{len(no_voice)}"
+        table.append(_row(f"{name} · mixed: {c}", nm, t_mixed, c, ref_voiced, spoken_voiced, hyp, given, base))
+
+    t_under, under_out = median_times({m: lambda m=m: run(asr, under, m, gate=True) for m in ("none", "pack")}, repeats)
+    ref_under = [t.text for t in under_out["none"]]
+    for m, res in under_out.items():
+        spoken_wer[f"speech+music: {m}"] = wer(spoken_voiced, [t.text for t in res])
+        table.append(_row(f"{name} · speech+music: {m}", len(under), t_under, m, ref_under, spoken_voiced, res, "-"))
+    return table, spoken_wer
+
+
+def _row(
+    label: str,
+    n: int,
+    times: dict[str, float],
+    key: str,
+    ref: list[str],
+    spoken: list[str],
+    out: list[Transcript],
+    given: str,
+    base: str = "none",
+) -> tuple[str, ...]:
+    hyp = [t.text for t in out]
+    return (
+        label,
+        f"{n / times[key]:.2f}",
+        f"{times[base] / times[key]:.2f}x",
+        f"{wer(ref, hyp):.1f}",
+        f"{wer(spoken, hyp):.1f}",
+        given,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="CTranslate2 threads (asr.cpu_threads)")
+    ap.add_argument("--backends", default="ctranslate2,torch", help="comma-separated asr.backend values")
+    ap.add_argument("--smoke", action="store_true", help="4 clips, 1 repeat, print only")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write bench/RESULTS.md")
     args = ap.parse_args()
+    if args.smoke:
+        args.repeats, args.no_write = 1, True
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
 
     cfg = load_config(environ={**os.environ, "REELVEC__ASR__CPU_THREADS": str(args.threads)})
-    rows = [json.loads(x) for x in (ROOT / "samples/clips/captions.jsonl").read_text().splitlines() if x.strip()]
-    rows = [r for r in rows if SAMPLE_CLIP.fullmatch(r["file"])]
-    speech = [decode_file(str(ROOT / "samples/clips" / r["file"]), cfg.decode, cfg.limits).audio for r in rows]
-    spoken = [r["speech"] for r in rows]
-    kinds = ["music", "music", "music", "music", "noise", "noise", "silence", "music"]
-    mixed: list[np.ndarray | None] = []
-    for k, kind in enumerate(kinds):
-        mixed += [speech[2 * k], no_speech_audio(kind, 4.5, seed=k)]
-    asr = load_model(cfg.models.asr.card, cfg)
-    assert isinstance(asr, Transcriber)
-
-    modes = ["none", "generate", "pack"]
-    out = {m: run(asr, speech, m, gate=True) for m in modes}
-    t_speech = median_times({m: lambda m=m: run(asr, speech, m, gate=True) for m in modes}, args.repeats)
-    ref = [t.text for t in out["none"]]
-    n = len(speech)
-    table = []
-    for m in modes:
-        table.append(
-            (
-                f"speech: {m}",
-                f"{n / t_speech[m]:.2f}",
-                f"{t_speech['none'] / t_speech[m]:.2f}x",
-                f"{wer(ref, [t.text for t in out[m]]):.1f}",
-                f"{wer(spoken, [t.text for t in out[m]]):.1f}",
-                "-",
-            )
-        )
-
-    nm = len(mixed)
-    no_voice = [i for i in range(nm) if i % 2 == 1]
-    combos = {
-        "none, gate off": ("none", False, True),
-        "none, gate off, Whisper VAD off": ("none", False, False),
-        "none, gate on": ("none", True, True),
-        "generate, gate on": ("generate", True, True),
-        "pack, gate off": ("pack", False, True),
-        "pack, gate on": ("pack", True, True),
-    }
-    mixed_out = {name: run(asr, mixed, *c) for name, c in combos.items()}
-    t_mixed = median_times({name: lambda c=c: run(asr, mixed, *c) for name, c in combos.items()}, args.repeats)
-    voiced = [i for i in range(nm) if i % 2 == 0]
-    ref_voiced = [mixed_out["none, gate off"][i].text for i in voiced]
-    spoken_voiced = [spoken[i] for i in voiced]
-    for name, res in mixed_out.items():
-        hyp = [res[i].text for i in voiced]
-        table.append(
-            (
-                f"mixed: {name}",
-                f"{nm / t_mixed[name]:.2f}",
-                f"{t_mixed['none, gate off'] / t_mixed[name]:.2f}x",
-                f"{wer(ref_voiced, hyp):.1f}",
-                f"{wer(spoken_voiced, hyp):.1f}",
-                f"{sum(bool(res[i].text) for i in no_voice)}/{len(no_voice)}",
-            )
-        )
+    sets = speech_sets(cfg, args.smoke)
+    table: list[tuple[str, ...]] = []
+    spoken_wer: dict[str, dict[str, float]] = {}
+    for k, backend in enumerate(args.backends.split(",")):
+        run_cfg = cfg.model_copy(update={"asr": cfg.asr.model_copy(update={"backend": backend})})
+        asr = load_model(cfg.models.asr.card, run_cfg)
+        assert isinstance(asr, Transcriber)
+        rows, spoken_wer[backend] = backend_rows(asr, sets, args.repeats, full=k == 0)
+        table += rows
+        del asr
 
     header = (
-        "| set: batch mode | clips/s | speed-up vs one by one | WER vs one by one (%) | WER vs spoken text (%) "
-        "| no-voice clips given text |\n|---|---|---|---|---|---|\n"
+        "| runtime · set: batch mode | clips/s | speed-up vs one by one | WER vs one by one (%) "
+        "| WER vs spoken text (%) | no-voice clips given text |\n|---|---|---|---|---|---|\n"
     )
     body = "".join("| " + " | ".join(r) + " |\n" for r in table)
+    verdict = ""
+    if "ctranslate2" in spoken_wer and "torch" in spoken_wer:
+        diffs = [f"{k} {spoken_wer['torch'][k] - v:+.1f}" for k, v in spoken_wer["ctranslate2"].items()]
+        worst = max(spoken_wer["torch"][k] - v for k, v in spoken_wer["ctranslate2"].items())
+        verdict = (
+            f"\ntorch minus ctranslate2, WER vs spoken text (points): {'; '.join(diffs)} · target <= +1.0: "
+            f"{'met' if worst <= 1.0 else 'MISSED'}\n"
+        )
+    n, nm = len(sets[0]), len(sets[2])
     section = (
         f"\n## asr — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-        f"Command: `{command()}` · whisper tiny.en {cfg.asr.compute_type}, {args.threads} CTranslate2 threads, "
-        f"beam {cfg.asr.beam_size}, batch_size {cfg.asr.batch_size}, pack_gap_s {cfg.asr.pack_gap_s}, "
-        f"min_speech_s {cfg.asr.min_speech_s} · speech set: {n} sample clips (3-5 s); mixed set: 8 of them + 8 "
-        f"no-voice clips of 4.5 s ({', '.join(sorted(set(kinds)))}) · medians of {args.repeats} runs after a "
-        f"warm-up; one by one = batch mode none; WER over the set's speech clips · {platform.machine()}, "
-        f"{os.cpu_count()} cores · 1-min load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end · "
-        f"run took {time.perf_counter() - started:.0f} s\n\n" + header + body
+        f"Command: `{command()}` · whisper tiny.en: ctranslate2 {cfg.asr.compute_type} ({args.threads} threads), "
+        f"torch float32 on CPU (torch threads {torch.get_num_threads()}) · beam {cfg.asr.beam_size}, batch_size "
+        f"{cfg.asr.batch_size}, pack_gap_s {cfg.asr.pack_gap_s}, min_speech_s {cfg.asr.min_speech_s} · speech set: "
+        f"{n} sample clips (3-5 s); mixed set: {nm // 2} of them + {nm // 2} no-voice clips of 4.5 s (music, noise, "
+        f"silence); speech+music: the same {nm // 2} voices with synthetic music 6 dB under them · medians of "
+        f"{args.repeats} runs after a warm-up; one by one = batch mode none; WER over the set's speech clips · "
+        f"{platform.machine()}, {os.cpu_count()} cores, shared machine · 1-min load average {load_before:.1f} at "
+        f"start, {os.getloadavg()[0]:.1f} at end · run took {time.perf_counter() - started:.0f} s\n\n"
+        + header
+        + body
+        + verdict
     )
     publish("asr", section, write=not args.no_write)
 

@@ -6,13 +6,19 @@ same device when it runs onnxruntime, and vice versa), and whether it reads the 
 Inputs: the 16 sample catalogue clips (320x240, no overlay text) and 4 generated 640x360 clips with two text lines, each
 decoded once with `ocr.num_frames` OCR frames. Baseline row: rapidocr's stock `RapidOCR()` on the same frames.
 Also: decode cost with vs without OCR frames (same call), and how far decord's CLIP frames move when OCR is on.
-Usage: python bench/ocr.py [--repeats 3] [--no-write]   (writes its section of bench/RESULTS.md)
+Text gate: every sample clip (catalogue + overlay clips), read_batch with `ocr.text_gate` off vs on side by side:
+ms per item, frames that skipped the detector, recall of the captions.jsonl overlay lines; plus the two candidate
+gates' separation on those frames (edge density vs the detector's map at a reduced scale).
+Usage: python bench/ocr.py [--repeats 3] [--smoke] [--no-write]   (writes its section of bench/RESULTS.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import glob
+import itertools
+import json
 import os
 import platform
 import re
@@ -34,7 +40,7 @@ from bench.results import command, publish  # noqa: E402
 from embedder.config import load_config  # noqa: E402
 from embedder.decode import decode_file  # noqa: E402
 from embedder.factory import load_model, resolve_device  # noqa: E402
-from embedder.ocr import OcrReader  # noqa: E402
+from embedder.ocr import OcrReader, normalize_text  # noqa: E402
 from embedder.types import OcrResult  # noqa: E402
 
 TEXT_CLIPS = [
@@ -136,11 +142,107 @@ def agreement(out: list[OcrResult], reference: list[OcrResult]) -> str:
     return f"same lines as first row, confidence within {diff:.1e}"
 
 
+def overlay_recall(results: list[OcrResult], expected: list[list[str]]) -> tuple[int, int]:
+    """(found, total) overlay lines: a line is found when one read line, or two consecutive ones (PP-OCR splits
+    long lines), match its normalized text at >= 0.8 similarity."""
+    found = total = 0
+    for res, lines in zip(results, expected, strict=True):
+        read = [normalize_text(ln.text) for ln in res.lines]
+        candidates = read + [a + b for a, b in itertools.pairwise(read)]
+        for line in lines:
+            key = normalize_text(line)
+            total += 1
+            found += any(difflib.SequenceMatcher(None, key, c, autojunk=False).ratio() >= 0.8 for c in candidates)
+    return found, total
+
+
+def edge_score(rgb: np.ndarray) -> float:
+    """Candidate gate: densest horizontal run of strong Sobel edges at ~180 px short side (12-px blocks, 6 wide)."""
+    import cv2
+
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    k = max(1, min(gray.shape) // 180)
+    g = cv2.resize(gray, (gray.shape[1] // k, gray.shape[0] // k), interpolation=cv2.INTER_AREA)
+    mag = np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1))
+    strong = (mag > 600).astype(np.float32)
+    dens = cv2.resize(strong, (strong.shape[1] // 12, strong.shape[0] // 12), interpolation=cv2.INTER_AREA)
+    return float(cv2.blur(dens, (6, 1)).max())
+
+
+def detector_pixels(reader: OcrReader, rgb: np.ndarray, scale: float) -> int:
+    """Candidate gate: pixels above the card's det_thresh in the detector's map at `scale` of the frame."""
+    import cv2
+
+    x = reader._det_input(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scale)
+    return int((reader._run_det(x[None])[0] > float(reader.card.params.get("det_thresh", 0.3))).sum())
+
+
+def gate_rows(reader: OcrReader, cfg: Any, repeats: int, smoke: bool) -> list[str]:
+    """The text gate on every sample clip: cost, skipped frames and overlay recall with the gate off vs on."""
+    rows = [json.loads(x) for x in (ROOT / "samples/clips/captions.jsonl").read_text().splitlines() if x.strip()]
+    if smoke:
+        rows = [r for r in rows if r["overlay"]][:3] + [r for r in rows if not r["overlay"]][:3]
+    media = [decode_file(str(ROOT / "samples/clips" / r["file"]), cfg.decode, cfg.limits, cfg.ocr) for r in rows]
+    clips = [(m.ocr_frames, m.ocr_timestamps_s) for m in media]
+    expected = [r["overlay"] for r in rows]
+    n_text = sum(bool(e) for e in expected)
+    lines = [
+        "",
+        f"Text gate on the samples ({len(rows)} clips: {n_text} with overlay lines, {len(rows) - n_text} without; "
+        f"read_batch, skip-unchanged on; gate_scale {cfg.ocr.gate_scale}, gate_min_pixels {cfg.ocr.gate_min_pixels}):",
+        "",
+        "| text gate | ms per item | frames skipping the detector | overlay lines found | lines vs gate off |",
+        "|---|---|---|---|---|",
+    ]
+    results = {}
+    for gate in (False, True):
+        reader.cfg = reader.cfg.model_copy(update={"text_gate": gate})
+        ms, out = median_ms(lambda: reader.read_batch(clips), repeats)
+        results[gate] = out
+        st = reader.stats
+        found, total = overlay_recall(out, expected)
+        same = "-" if not gate else ("same" if out == results[False] else "DIFFERENT")
+        lines.append(
+            f"| {'on' if gate else 'off'} | {ms / len(clips):.1f} | {st['frames_gated']}/{st['frames_read']} | "
+            f"{found}/{total} | {same} |"
+        )
+    reader.cfg = cfg.ocr
+    text_frames = [f for (frames, _), e in zip(clips, expected, strict=True) if e for f in frames]
+    empty_frames = [f for (frames, _), e in zip(clips, expected, strict=True) if not e for f in frames]
+    lines += [
+        "",
+        "Gate candidates on the same frames (a safe gate needs every overlay frame above every text-free one):",
+        "",
+        "| candidate | min over overlay frames | max over text-free frames | text-free frames at 0 |",
+        "|---|---|---|---|",
+    ]
+    text_edges, empty_edges = [edge_score(f) for f in text_frames], [edge_score(f) for f in empty_frames]
+    lines.append(
+        f"| edge density (strong Sobel edges per 12-px block, 6-block run) | {min(text_edges):.3f} | "
+        f"{max(empty_edges):.3f} | {sum(e == 0 for e in empty_edges)}/{len(empty_edges)} |"
+    )
+    for scale in (0.25, 0.33, 0.5):
+        tp = [detector_pixels(reader, f, scale) for f in text_frames]
+        ep = [detector_pixels(reader, f, scale) for f in empty_frames]
+        lines.append(
+            f"| detector map at scale {scale}: pixels > det_thresh | {min(tp)} | {max(ep)} | "
+            f"{sum(e == 0 for e in ep)}/{len(ep)} |"
+        )
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true", help="print only; do not update bench/RESULTS.md")
+    ap.add_argument("--smoke", action="store_true", help="the text-gate part only, on 6 clips, 1 repeat, print only")
     args = ap.parse_args()
+    if args.smoke:
+        cfg = load_config()
+        reader = load_model(cfg.models.ocr.card, cfg)
+        assert isinstance(reader, OcrReader)
+        publish("ocr", "\n".join(["## ocr — smoke", *gate_rows(reader, cfg, 1, smoke=True)]) + "\n", write=False)
+        return
     t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     cfg = load_config()
     reader = load_model(cfg.models.ocr.card, cfg)
@@ -212,6 +314,7 @@ def main() -> None:
     ]
     for k, plain, with_ocr, moved in dec_rows:
         lines.append(f"| {k} | {plain:.0f} | {with_ocr:.0f} | {moved:.2f} |")
+    lines += gate_rows(reader, cfg, args.repeats, smoke=False)
     took = time.perf_counter() - t_start
     lines += ["", f"Run took {took:.0f} s; 1-min load average {os.getloadavg()[0]:.1f} at end."]
     publish("ocr", "\n".join(lines) + "\n", write=not args.no_write)

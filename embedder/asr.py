@@ -56,22 +56,33 @@ class Transcriber:
     """faster-whisper model loaded once; takes 16 kHz mono float32 audio, one clip or many."""
 
     def __init__(self, card: ModelCard, weights: Path, cfg: AsrConfig, device: str) -> None:
-        from faster_whisper import WhisperModel
-
         self.card = card
         self.cfg = cfg
-        compute_type = cfg.compute_type if device == "cpu" else "float16"
-        self.model = WhisperModel(
-            str(weights),
-            device=device,
-            compute_type=compute_type,
-            cpu_threads=cfg.cpu_threads,
-            local_files_only=True,
-        )
+        self.device = device if cfg.device == "auto" else cfg.device
+        self.backend = cfg.backend if cfg.backend != "auto" else ("torch" if self.device == "cuda" else "ctranslate2")
+        self.model = self._load(Path(weights))
         langs = card.params.get("languages")
         self.language = cfg.language or (langs[0] if langs and len(langs) == 1 else None)
         self.window_s = float(self.model.feature_extractor.chunk_length)
         self._batched: Any = None
+
+    def _load(self, weights: Path) -> Any:
+        """faster-whisper's WhisperModel on the configured runtime (CTranslate2, or torch via embedder.asr_torch)."""
+        if self.backend == "torch":
+            from embedder.asr_torch import build_torch_whisper
+
+            digest = next((f.sha256 for f in self.card.files if f.path == "model.bin" and f.sha256), None)
+            key = f"{self.card.id}-{(digest or 'unpinned')[:12]}"
+            return build_torch_whisper(weights, Path(self.cfg.torch_cache_dir or "converted"), key, self.device)
+        from faster_whisper import WhisperModel
+
+        return WhisperModel(
+            str(weights),
+            device=self.device,
+            compute_type=self.cfg.compute_type if self.device == "cpu" else "float16",
+            cpu_threads=self.cfg.cpu_threads,
+            local_files_only=True,
+        )
 
     # -- speech gate ---------------------------------------------------------------------------------------------
 

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from embedder.types import MODALITIES, ConfigError
 
@@ -121,13 +130,21 @@ class AsrConfig(_Section):
     # Speech gate: Silero VAD (shipped in faster-whisper) on the decoded audio; no speech → Whisper is skipped.
     speech_gate: bool = True
     min_speech_s: float = Field(0.3, ge=0)
-    # Transcription across items (bench/asr.py): `none` = one clip per Whisper call (default: a clip's transcript
-    # never depends on what it was batched with, so ingest, HTTP and backfill store identical vectors);
-    # `pack` = up to `batch_size` clips' speech back to back in one stream (2.4-4.2x clips/s on 2 cores, but
-    # 11 % of words differ from one-by-one); `generate` = batched padded windows (slower on CPU, 3.9 % differ).
-    batch_mode: Literal["pack", "generate", "none"] = "none"
+    # Transcription across items, chosen by WER against the spoken words and speed (bench/asr.py): `pack` =
+    # up to `batch_size` clips' speech back to back in one stream (default: 8.2 % WER vs 13.1 % one by one on the
+    # samples, 4.4 vs 11.1 % with no-voice clips mixed in, 2.3-4.2x clips/s; a transcript depends on its batch
+    # mates); `none` = one clip per Whisper call (batch-independent); `generate` = batched padded windows.
+    batch_mode: Literal["pack", "generate", "none"] = "pack"
     batch_size: int = Field(8, ge=1)
     pack_gap_s: float = Field(1.0, ge=0)
+    # Runtime: ctranslate2 (faster-whisper, int8 on CPU) or torch (transformers Whisper from the same CTranslate2
+    # weights, fp16 on cuda: the CTranslate2 wheel's CUDA build needs CUDA 12). auto: torch on cuda, else ctranslate2.
+    backend: Literal["auto", "ctranslate2", "torch"] = "auto"
+    # Where ASR runs: auto follows models.device; cpu keeps Whisper off the GPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The torch backend's converted weights (transformers layout), written once per card and weights digest;
+    # null: `converted/` inside models.models_dir.
+    torch_cache_dir: Path | None = None
 
 
 class OcrConfig(_Section):
@@ -147,6 +164,13 @@ class OcrConfig(_Section):
     # same ONNX graphs converted to torch by onnx2torch (GPU OCR where onnxruntime-gpu is absent). auto: torch on
     # cuda when onnxruntime has no CUDA provider and onnx2torch is installed, else onnxruntime.
     engine: Literal["auto", "onnxruntime", "torch"] = "auto"
+    # Text gate (bench/ocr.py): the detector at `gate_scale` of the frame first; a frame with fewer than
+    # `gate_min_pixels` pixels above the card's det_thresh skips the full-size detector (no text there).
+    text_gate: bool = True
+    gate_scale: float = Field(0.33, gt=0, le=1)
+    gate_min_pixels: int = Field(16, ge=1)
+    # Precision of the torch engine's modules: auto = float16 on cuda, float32 on cpu.
+    torch_dtype: Literal["auto", "float32", "float16"] = "auto"
 
 
 class FusionConfig(_Section):
@@ -300,6 +324,12 @@ class ReelvecConfig(_Section):
     semantic_ids: SemanticIdConfig = SemanticIdConfig()
     eval: EvalConfig = EvalConfig()
     ui: UiConfig = UiConfig()
+
+    @model_validator(mode="after")
+    def _derived_paths(self) -> ReelvecConfig:
+        if self.asr.torch_cache_dir is None:
+            self.asr.torch_cache_dir = Path(self.models.models_dir) / "converted"
+        return self
 
 
 def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:

@@ -38,6 +38,7 @@ class _Frame:
     image: np.ndarray | None  # BGR; None once the frame is skipped as identical
     gray: np.ndarray | None = None
     same_as: int | None = None
+    gated: bool = False  # the text gate found no text: the full-size detector skips it
     quads: list[np.ndarray] = field(default_factory=list)
     crops: list[np.ndarray] = field(default_factory=list)
     reading: list[int] = field(default_factory=list)  # per box: index into the recognition results
@@ -125,7 +126,7 @@ def _engine(requested: str, device: str, ort_providers: list[str]) -> str:
     return "torch"
 
 
-def _torch_graph(model: Any, device: str) -> Callable[[np.ndarray], np.ndarray]:
+def _torch_graph(model: Any, device: str, dtype: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
     """An ONNX graph (`onnx.ModelProto`, edited here) converted to a torch module by onnx2torch, as numpy -> numpy.
 
     Two fixes make PP-OCR's paddle2onnx graphs convertible: their weights are Constant nodes, which become
@@ -157,7 +158,12 @@ def _torch_graph(model: Any, device: str) -> Callable[[np.ndarray], np.ndarray]:
             model.graph.value_info.append(
                 onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, [None] * rank)
             )
-    module = convert(model).eval().to(device)
+    module = convert(model).eval()
+    if dtype == "float16":
+        # Batch norm folded into its conv first: in fp16 a detector conv output near 1.8e4 minus a running mean of
+        # the same size lost every digit, and the probability map came out all zero (test_ocr float16 test).
+        _fold_batch_norms(module)
+    module = module.to(device=device, dtype=getattr(torch, dtype))
     # onnx2torch's Slice indexes with a list of slices (deprecated by torch, still the same result: the engine
     # test compares against onnxruntime); the warning would print on the first recognizer call of every process.
     warnings.filterwarnings(
@@ -166,9 +172,33 @@ def _torch_graph(model: Any, device: str) -> Callable[[np.ndarray], np.ndarray]:
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(x).to(device)).float().cpu().numpy()
+            return module(torch.from_numpy(x).to(device=device, dtype=getattr(torch, dtype))).float().cpu().numpy()
 
     return run
+
+
+def _fold_batch_norms(gm: Any) -> None:
+    """Fold each BatchNorm2d into the Conv2d feeding only it, in place, in onnx2torch's fx graph."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        src = node.args[0] if bn is not None and node.args else None
+        conv = modules.get(src.target) if isinstance(src, torch.fx.Node) and src.op == "call_module" else None
+        if not isinstance(bn, torch.nn.BatchNorm2d) or not isinstance(conv, torch.nn.Conv2d) or len(src.users) != 1:
+            continue
+        _set_module(gm, src.target, fuse_conv_bn_eval(conv, bn))
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _set_module(root: Any, dotted: str, module: Any) -> None:
+    parent, _, name = dotted.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
 class OcrReader:
@@ -189,10 +219,6 @@ class OcrReader:
         dedup_similarity: float = 0.8,
         min_chars: int = 2,
     ) -> None:
-        import onnxruntime as ort
-        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
-        from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
-
         self.card = card
         self.cfg = cfg
         self.skip_identical = skip_identical
@@ -207,31 +233,53 @@ class OcrReader:
         self._det_max_side = int(p.get("det_max_side", 960))
         self._rec_h, self._rec_w = int(p.get("rec_height", 48)), int(p.get("rec_width", 320))
         self._signature_block = int(p.get("signature_block", 8))
+        charset = self._load_engine(weights, device, threads)
+        self._post, self._decode = self._postprocessors(charset)
+        # Work done by the last read/read_batch: what the gate and the skip-identical and box-reuse shortcuts saved.
+        self.stats: dict[str, int] = {}
 
-        self.engine = _engine(cfg.engine, device, ort.get_available_providers())
+    def _load_engine(self, weights: Path, device: str, threads: int) -> list[str]:
+        """Detector and recognizer on the resolved `ocr.engine`; returns the recognizer's character set."""
+        import onnxruntime as ort
+
+        self.engine = _engine(self.cfg.engine, device, ort.get_available_providers())
         if self.engine == "torch":
-            try:
-                import onnx
-                import onnx2torch  # noqa: F401
-            except ImportError as e:
-                raise ModelUnavailableError(
-                    "not_installed", "ocr.engine 'torch' needs onnx and onnx2torch: pip install 'reelvec[gpu]'"
-                ) from e
+            return self._load_torch(weights, device)
+        self._load_onnxruntime(ort, self.card, weights, device, threads)
+        self.providers = self._det.get_providers()
+        return self._rec.get_modelmeta().custom_metadata_map["character"].splitlines()
 
-            try:
-                det, rec = onnx.load(str(weights / p["det_model"])), onnx.load(str(weights / p["rec_model"]))
-            except Exception as e:  # protobuf's DecodeError on a corrupt file
-                raise ModelUnavailableError(
-                    "corrupt", f"model '{card.id}' files do not load: run `reelvec models verify`"
-                ) from e
-            charset = {m.key: m.value for m in rec.metadata_props}["character"].splitlines()
-            self._run_det, self._run_rec = _torch_graph(det, device), _torch_graph(rec, device)
-            self.providers = [f"torch:{device}"]
-        else:
-            self._load_onnxruntime(ort, card, weights, device, threads)
-            charset = self._rec.get_modelmeta().custom_metadata_map["character"].splitlines()
-            self.providers = self._det.get_providers()
-        self._post = DBPostProcess(
+    def _load_torch(self, weights: Path, device: str) -> list[str]:
+        """The ONNX graphs as torch modules (onnx2torch), fp16 on cuda unless `ocr.torch_dtype` says otherwise."""
+        try:
+            import onnx
+            import onnx2torch  # noqa: F401
+        except ImportError as e:
+            raise ModelUnavailableError(
+                "not_installed", "ocr.engine 'torch' needs onnx and onnx2torch: pip install 'reelvec[gpu]'"
+            ) from e
+        p = self.card.params
+        try:
+            det, rec = onnx.load(str(weights / p["det_model"])), onnx.load(str(weights / p["rec_model"]))
+        except Exception as e:  # protobuf's DecodeError on a corrupt file
+            raise ModelUnavailableError(
+                "corrupt", f"model '{self.card.id}' files do not load: run `reelvec models verify`"
+            ) from e
+        charset = {m.key: m.value for m in rec.metadata_props}["character"].splitlines()
+        dtype = self.cfg.torch_dtype
+        if dtype == "auto":
+            dtype = "float16" if device == "cuda" else "float32"
+        self._run_det, self._run_rec = _torch_graph(det, device, dtype), _torch_graph(rec, device, dtype)
+        self.providers, self.torch_dtype = [f"torch:{device}"], dtype
+        return charset
+
+    def _postprocessors(self, charset: list[str]) -> tuple[Any, Any]:
+        """rapidocr's DB box extraction (card thresholds) and CTC decoding over the recognizer's characters."""
+        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
+        from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
+
+        p = self.card.params
+        post = DBPostProcess(
             thresh=float(p.get("det_thresh", 0.3)),
             box_thresh=float(p.get("det_box_thresh", 0.5)),
             max_candidates=1000,
@@ -239,9 +287,7 @@ class OcrReader:
             use_dilation=True,
             score_mode="fast",
         )
-        self._decode = CTCLabelDecode(character=charset)
-        # Work done by the last read/read_batch: what the skip-identical and box-reuse shortcuts saved.
-        self.stats: dict[str, int] = {}
+        return post, CTCLabelDecode(character=charset)
 
     def _load_onnxruntime(self, ort: Any, card: ModelCard, weights: Path, device: str, threads: int) -> None:
         providers = ["CPUExecutionProvider"]
@@ -282,12 +328,15 @@ class OcrReader:
     def read_batch(self, clips: list[Clip]) -> list[OcrResult]:
         """On-screen text of many clips: one detection pass over all their frames, one recognition pass."""
         frames = self._plan(clips)
-        self._detect([f for f in frames if f.image is not None])
+        if self.cfg.text_gate:
+            self._gate([f for f in frames if f.image is not None])
+        self._detect([f for f in frames if f.image is not None and not f.gated])
         crops = self._match_boxes(frames)
         readings = self._recognize(crops)
         self.stats = {
             "frames": len(frames),
             "frames_read": sum(f.image is not None for f in frames),
+            "frames_gated": sum(f.gated for f in frames),
             "boxes": sum(len(f.reading) for f in frames),
             "boxes_recognized": len(crops),
         }
@@ -314,22 +363,40 @@ class OcrReader:
                 prev = (len(out) - 1, sig)
         return out
 
-    def _det_input(self, image: np.ndarray) -> np.ndarray:
-        """Frame at its own size (sides rounded to multiples of 32), downscaled only past `det_max_side`."""
+    def _det_input(self, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """Frame at its own size times `scale` (sides rounded to multiples of 32), downscaled past `det_max_side`."""
         h, w = image.shape[:2]
-        ratio = min(1.0, self._det_max_side / max(h, w))
+        ratio = min(1.0, self._det_max_side / max(h, w)) * scale
         rh, rw = max(32, round(h * ratio / 32) * 32), max(32, round(w * ratio / 32) * 32)
-        x = cv2.resize(image, (rw, rh)).astype(np.float32) * (2 / 255.0) - 1.0  # mean = std = 0.5
-        return x.transpose(2, 0, 1)
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        x = cv2.resize(image, (rw, rh), interpolation=interpolation).astype(np.float32) * (2 / 255.0) - 1.0
+        return x.transpose(2, 0, 1)  # mean = std = 0.5
 
-    def _detect(self, frames: list[_Frame]) -> None:
-        """Text quads per frame, in reading order; frames of one input shape run as one batch."""
+    def _gate(self, frames: list[_Frame]) -> None:
+        """Mark frames whose probability map at `ocr.gate_scale` has under `gate_min_pixels` text pixels.
+
+        The detector's own map at a third of the size costs about a ninth of a full pass; on the samples every
+        overlay frame had >= 698 such pixels and no text-free frame had any (bench/ocr.py prints both)."""
+        thresh = float(self.card.params.get("det_thresh", 0.3))
+        for group in self._by_shape(frames, self.cfg.gate_scale):
+            for s in range(0, len(group), self.cfg.batch_size):
+                chunk = group[s : s + self.cfg.batch_size]
+                maps = self._run_det(np.stack([x for _, x in chunk]))
+                for k, (f, _) in enumerate(chunk):
+                    f.gated = int((maps[k] > thresh).sum()) < self.cfg.gate_min_pixels
+
+    def _by_shape(self, frames: list[_Frame], scale: float = 1.0) -> list[list[tuple[_Frame, np.ndarray]]]:
+        """Detector inputs grouped by shape, so that each group runs as batches."""
         groups: dict[tuple[int, ...], list[tuple[_Frame, np.ndarray]]] = {}
         for f in frames:
             assert f.image is not None
-            x = self._det_input(f.image)
+            x = self._det_input(f.image, scale)
             groups.setdefault(x.shape, []).append((f, x))
-        for group in groups.values():
+        return list(groups.values())
+
+    def _detect(self, frames: list[_Frame]) -> None:
+        """Text quads per frame, in reading order; frames of one input shape run as one batch."""
+        for group in self._by_shape(frames):
             for s in range(0, len(group), self.cfg.batch_size):
                 chunk = group[s : s + self.cfg.batch_size]
                 maps = self._run_det(np.stack([x for _, x in chunk]))

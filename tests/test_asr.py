@@ -182,3 +182,91 @@ def test_unknown_batch_mode_is_a_config_error(asr: Transcriber) -> None:
     with pytest.raises(ConfigError) as e:
         asr.transcribe_batch([None], mode="bogus")
     assert e.value.reason == "invalid_batch_mode"
+
+
+# -- torch backend (transformers Whisper from the shipped CTranslate2 weights) ------------------------------------
+
+
+def _wer(refs: list[str], hyps: list[str]) -> float:
+    """Corpus word error rate in percent (word-level Levenshtein over all clips)."""
+
+    def distance(r: list[str], h: list[str]) -> int:
+        row = list(range(len(h) + 1))
+        for i, rw in enumerate(r, 1):
+            prev, row[0] = row[0], i
+            for j, hw in enumerate(h, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (rw != hw))
+        return row[-1]
+
+    edits = sum(distance(_words(r), _words(h)) for r, h in zip(refs, hyps, strict=True))
+    return 100.0 * edits / max(sum(len(_words(r)) for r in refs), 1)
+
+
+@pytest.fixture(scope="module")
+def torch_asr(session_cfg: Any, tmp_path_factory: pytest.TempPathFactory) -> Transcriber:
+    """The same card on the torch backend, its converted weights cached in a temp folder."""
+    asr_cfg = session_cfg.asr.model_copy(
+        update={"backend": "torch", "torch_cache_dir": tmp_path_factory.mktemp("converted")}
+    )
+    model = load_model(session_cfg.models.asr.card, session_cfg.model_copy(update={"asr": asr_cfg}))
+    assert isinstance(model, Transcriber) and model.backend == "torch"
+    return model
+
+
+# Stated bound: the torch backend runs the fp32 weights, faster-whisper the int8-quantized ones, so a word can differ
+# ("hardly oil" vs "hardly boil" on cooking_02); on these two clips they must agree within 10 % WER.
+TORCH_VS_CT2_MAX_WER = 10.0
+
+
+def test_torch_backend_same_words_as_faster_whisper(asr: Transcriber, torch_asr: Transcriber, clip_audio: Any) -> None:
+    audios = [clip_audio("cooking_01"), clip_audio("soccer_02")]
+    ct2 = [asr.transcribe(a).text for a in audios]
+    torch_out = [torch_asr.transcribe(a) for a in audios]
+    assert all(t.text and t.speech is True and t.language == "en" for t in torch_out)
+    assert _wer(ct2, [t.text for t in torch_out]) <= TORCH_VS_CT2_MAX_WER, (ct2, [t.text for t in torch_out])
+
+
+def test_torch_conversion_is_exact_against_ctranslate2_float32(torch_asr: Transcriber, clip_audio: Any) -> None:
+    # Same weights, same precision: the converted model must decode the same tokens and word times as CTranslate2.
+    from faster_whisper import WhisperModel
+
+    ct2 = WhisperModel(str(torch_asr.model.source), device="cpu", compute_type="float32", cpu_threads=1)
+    options = dict(language="en", beam_size=1, temperature=0.0, condition_on_previous_text=False, word_timestamps=True)
+    audio = clip_audio("cooking_04")
+    ref = list(ct2.transcribe(audio, **options)[0])
+    got = list(torch_asr.model.transcribe(audio, **options)[0])
+    assert [s.tokens for s in got] == [s.tokens for s in ref]
+    ref_words = [(w.word, w.start, w.end) for s in ref for w in s.words or []]
+    got_words = [(w.word, w.start, w.end) for s in got for w in s.words or []]
+    assert [w for w, _, _ in got_words] == [w for w, _, _ in ref_words] and ref_words
+    assert all(abs(a[1] - b[1]) <= 0.02 and abs(a[2] - b[2]) <= 0.02 for a, b in zip(got_words, ref_words, strict=True))
+
+
+def test_torch_backend_batches_with_the_speech_gate(torch_asr: Transcriber, clip_audio: Any) -> None:
+    audios = [clip_audio("cooking_01"), _music(3.0, seed=2), clip_audio("space_04")]
+    for mode in ("pack", "generate"):
+        out = torch_asr.transcribe_batch(audios, mode=mode)
+        assert [t.speech for t in out] == [True, False, True], mode
+        assert {"pasta", "garlic"} <= set(_words(out[0].text)) and out[1].text == ""
+        assert {"telescope", "saturn"} <= set(_words(out[2].text)), out[2].text
+
+
+def test_torch_weights_are_converted_once(torch_asr: Transcriber, monkeypatch: pytest.MonkeyPatch) -> None:
+    import embedder.asr_torch as asr_torch
+
+    cached = [p for p in Path(torch_asr.cfg.torch_cache_dir).iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in cached] == [f"whisper-tiny-en-{torch_asr.card.files[0].sha256[:12]}"]
+
+    def no_conversion(_path: Path) -> dict[str, np.ndarray]:
+        raise AssertionError("model.bin parsed again although the converted weights are cached")
+
+    monkeypatch.setattr(asr_torch, "read_ct2", no_conversion)
+    again = Transcriber(torch_asr.card, torch_asr.model.source, torch_asr.cfg, "cpu")
+    assert again.backend == "torch"
+
+
+def test_torch_features_match_faster_whisper(asr: Transcriber, torch_asr: Transcriber, clip_audio: Any) -> None:
+    audio = clip_audio("ocean_01")
+    ref = asr.model.feature_extractor(audio)
+    got = torch_asr.model.feature_extractor(audio)
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-3

@@ -164,11 +164,11 @@ def test_identical_frames_and_unchanged_boxes_are_not_reread(reader: OcrReader) 
     ts = [0.0, 1.0, 2.0]
     still = np.stack([frame(0.0, steps(0.0))] * 3)
     res = reader.read(still, ts)
-    assert reader.stats == {"frames": 3, "frames_read": 1, "boxes": 2, "boxes_recognized": 2}
+    assert reader.stats == {"frames": 3, "frames_read": 1, "frames_gated": 0, "boxes": 2, "boxes_recognized": 2}
     assert [(line.first_s, line.last_s) for line in res.lines] == [(0.0, 2.0), (0.0, 2.0)]
     # Moving background, same text at the same place: every frame is detected, the boxes are read once.
     assert reader.read(np.stack([frame(t, steps(0.0)) for t in ts]), ts) == res
-    assert reader.stats == {"frames": 3, "frames_read": 3, "boxes": 6, "boxes_recognized": 2}
+    assert reader.stats == {"frames": 3, "frames_read": 3, "frames_gated": 0, "boxes": 6, "boxes_recognized": 2}
     # New text in a box at the same place is read again, never taken from the previous frame.
     changing = np.stack(
         [
@@ -181,7 +181,7 @@ def test_identical_frames_and_unchanged_boxes_are_not_reread(reader: OcrReader) 
     reader.skip_identical = False
     try:
         assert reader.read(still, ts) == res
-        assert reader.stats == {"frames": 3, "frames_read": 3, "boxes": 6, "boxes_recognized": 6}
+        assert reader.stats == {"frames": 3, "frames_read": 3, "frames_gated": 0, "boxes": 6, "boxes_recognized": 6}
     finally:
         reader.skip_identical = True
 
@@ -325,3 +325,54 @@ def test_torch_engine_without_onnx2torch_is_a_clear_unavailable_model(
     assert e.value.reason == "not_installed" and "reelvec[gpu]" in e.value.detail
     # auto falls back to onnxruntime instead
     assert _engine("auto", "cuda", ["CPUExecutionProvider"]) == "onnxruntime"
+
+
+# -- text gate ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overlay_clips(session_cfg: ReelvecConfig, clips: list[dict[str, Any]]) -> list[tuple[np.ndarray, list[float]]]:
+    """OCR frames of every sample clip that carries overlay lines."""
+    with Decoder(session_cfg.decode, session_cfg.limits, ocr=session_cfg.ocr) as dec:
+        decoded = [dec.decode(r["path"]) for r in clips if r["overlay"]]
+    return [(m.ocr_frames, m.ocr_timestamps_s) for m in decoded]
+
+
+def test_text_gate_keeps_every_overlay_line_of_the_samples(
+    session_cfg: ReelvecConfig, ort_reader: OcrReader, overlay_clips: list
+) -> None:
+    assert ort_reader.cfg.text_gate and len(overlay_clips) >= 8
+    ungated = with_cfg(session_cfg, engine="onnxruntime", text_gate=False)
+    expected = ungated.read_batch(overlay_clips)
+    assert all(r.lines for r in expected)
+    assert ort_reader.read_batch(overlay_clips) == expected
+    assert ort_reader.stats["frames_gated"] == 0  # every overlay frame reached the full-size detector
+
+
+def test_text_gate_skips_the_detector_on_frames_without_text(
+    ort_reader: OcrReader, session_cfg: ReelvecConfig, clips: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Decoder(session_cfg.decode, session_cfg.limits, ocr=session_cfg.ocr) as dec:
+        plain = [dec.decode(r["path"]) for r in clips if not r["overlay"] and r["topic"] != "space"][:4]
+    shapes: list[tuple[int, ...]] = []
+    run_det = ort_reader._run_det
+
+    def recording(x: np.ndarray) -> np.ndarray:
+        shapes.append(x.shape)
+        return run_det(x)
+
+    monkeypatch.setattr(ort_reader, "_run_det", recording)
+    out = ort_reader.read_batch([(m.ocr_frames, m.ocr_timestamps_s) for m in plain])
+    assert all(not r.lines for r in out)
+    assert ort_reader.stats["frames_gated"] == ort_reader.stats["frames_read"] > 0
+    full = plain[0].ocr_frames.shape[1:3]
+    assert all(s[2] < full[0] and s[3] < full[1] for s in shapes)  # only the small gate pass ran
+
+
+def test_torch_engine_in_float16_reads_what_onnxruntime_reads(
+    session_cfg: ReelvecConfig, ort_reader: OcrReader, sample_text_clips: list
+) -> None:
+    # The GPU precision (fp16, torch_dtype auto on cuda), run on the CPU: same lines, confidences close.
+    half = with_cfg(session_cfg, engine="torch", torch_dtype="float16")
+    assert half.torch_dtype == "float16"
+    assert_same_lines(half.read_batch(sample_text_clips), ort_reader.read_batch(sample_text_clips), 2e-2)
