@@ -344,7 +344,7 @@ import os, signal, sys
 from multiprocessing.connection import Connection
 marker = sys.argv[1]
 if os.path.exists(marker) and sys.argv[2] == "once":
-    os.execv(sys.executable, [sys.executable, "-m", "embedder.decode", sys.argv[-1]])
+    os.execv(sys.executable, [sys.executable, "-m", "embedder.decode", *sys.argv[-2:]])
 open(marker, "w").close()
 Connection(int(sys.argv[-1])).recv()
 os.kill(os.getpid(), signal.SIGKILL)
