@@ -50,6 +50,21 @@ class DecodeConfig(_Section):
     # A sampled frame moves to the nearest keyframe within this many seconds (0 = exact frames): a keyframe decodes
     # alone, while an exact frame costs every frame since the previous keyframe.
     keyframe_snap_s: float = Field(0.0, ge=0, le=10)
+    # exact: the sampled frames themselves; keyframes: only keyframes are decoded (PyAV skip_frame=NONKEY), each
+    # sample takes the keyframe nearest its time (at most num_frames distinct; 2-3x the clips/s, issue 16).
+    sampling: Literal["exact", "keyframes"] = "exact"
+    # Where video is decoded: cpu, cuda (NVDEC through PyAV's hwaccel; refused with `nvdec_unavailable` when it is
+    # not usable), or auto: NVDEC only for exact sampling when usable (keyframes-only was slower on NVDEC, issue 16).
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # Decode worker processes per Decoder (0 = one per CPU core), started on demand by concurrent decodes.
+    workers: int = Field(0, ge=0, le=256)
+
+
+class FingerprintConfig(_Section):
+    """Small grayscale frames for the perceptual fingerprints, sampled densely in the same decode pass."""
+
+    size: int = Field(64, ge=8, le=256)  # frames are size x size pixels (aspect not kept)
+    fps: float = Field(4.0, gt=0, le=30)  # at most this many frames a second (keyframes only with keyframe sampling)
 
 
 class LimitsConfig(_Section):
@@ -309,6 +324,7 @@ class ReelvecConfig(_Section):
 
     data_dir: Path = Path("./data")
     decode: DecodeConfig = DecodeConfig()
+    fingerprint: FingerprintConfig = FingerprintConfig()
     limits: LimitsConfig = LimitsConfig()
     models: ModelsConfig = ModelsConfig()
     clip: ClipConfig = ClipConfig()

@@ -83,11 +83,15 @@ class DecodedMedia:
     timestamps_s: list[float]
     frame_indices: list[int]
     audio: np.ndarray | None
-    decoder: str  # "decord" or "pyav"
+    decoder: str  # "decord", "pyav" or "pyav-nvdec"
     decodable_frames: int
     # A few frames at `ocr.short_side` for on-screen text (None when OCR is off), from the same decode call.
     ocr_frames: np.ndarray | None = None
     ocr_timestamps_s: list[float] = field(default_factory=list)
+    # Grayscale T×S×S uint8 frames for fingerprints (`fingerprint.size`, at most `fingerprint.fps` a second over the
+    # whole clip; None unless asked), from the same decode pass.
+    fp_frames: np.ndarray | None = None
+    fp_timestamps_s: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from embedder.config import DecodeConfig, LimitsConfig, OcrConfig
-from embedder.decode import Decoder, decode_file, probe_file, sample_indices, snap_to_keyframes
-from embedder.types import MediaError
+from embedder.config import DecodeConfig, FingerprintConfig, LimitsConfig, OcrConfig
+from embedder.decode import Decoder, decode_file, nvdec_usable, probe_file, sample_indices, snap_to_keyframes
+from embedder.types import MediaError, ModelUnavailableError
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +140,10 @@ def test_over_limits(clips: list[dict[str, Any]], fixtures_dir: Path) -> None:
 
 def test_timeout_kills_worker_and_recovers(clips: list[dict[str, Any]]) -> None:
     with Decoder(DecodeConfig(timeout_s=0.001), LimitsConfig()) as d:
-        with pytest.raises(MediaError) as e:
+        with pytest.raises(ModelUnavailableError) as e:  # the server's fault (503, retryable), not the input's
             d.decode(clips[0]["path"])
         assert e.value.reason == "decode_timeout"
-        assert d._proc is None  # the hung worker was killed
+        assert d.workers == 0  # the hung worker was killed
         d.cfg = DecodeConfig(timeout_s=30)
         assert len(d.decode(clips[0]["path"]).frames) == 8
 
@@ -245,3 +247,189 @@ def test_keyframe_snap_agrees_across_backends_with_bframes(fixtures_dir: Path) -
     assert a.frame_indices == b.frame_indices
     assert np.allclose(a.timestamps_s, b.timestamps_s, atol=1e-3)
     assert np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 2.0
+
+
+# --- keyframe sampling, fingerprint frames, NVDEC, worker pool (issue 16) ------------------------------
+
+
+def test_keyframe_sampling_decodes_keyframes_only(tmp_path: Path) -> None:
+    import av
+
+    path = tmp_path / "gop15.mp4"
+    _gop_clip(path, gop=15)
+    cfg = DecodeConfig(num_frames=4, sampling="keyframes")
+    m = decode_file(str(path), cfg, LimitsConfig(), OcrConfig(num_frames=2), FingerprintConfig(fps=30))
+    assert m.decoder == "pyav"
+    # Exact samples [11, 33, 56, 78] each take their nearest keyframe.
+    assert m.frame_indices == [15, 30, 60, 75]
+    assert np.allclose(m.timestamps_s, [0.5, 1.0, 2.0, 2.5], atol=1e-3)
+    assert m.frames.shape == (4, 224, 298, 3) and m.frames.dtype == np.uint8
+    assert m.ocr_frames is not None and np.allclose(m.ocr_timestamps_s, [0.5, 2.0], atol=1e-3)  # samples 22, 67
+    # Fingerprint frames: every keyframe (none else is decoded), as 64x64 grayscale.
+    assert m.fp_frames is not None and m.fp_frames.shape == (6, 64, 64) and m.fp_frames.dtype == np.uint8
+    assert np.allclose(m.fp_timestamps_s, [i / 30 for i in (0, 15, 30, 45, 60, 75)], atol=1e-3)
+    assert m.decodable_frames == 90  # packets demuxed
+    # The same pictures as an exact decode of those keyframes (only the resize filter differs).
+    with av.open(str(path)) as c:
+        full = [f.to_ndarray(format="rgb24", width=298, height=224) for f in c.decode(c.streams.video[0])]
+    for frame, i in zip(m.frames, m.frame_indices, strict=True):
+        assert np.abs(frame.astype(int) - full[i].astype(int)).mean() < 3
+
+
+def test_keyframe_sampling_takes_each_keyframe_once(tmp_path: Path) -> None:
+    path = tmp_path / "gop30.mp4"
+    _gop_clip(path, gop=30)  # keyframes 0, 30, 60: fewer than the 8 samples asked
+    m = decode_file(str(path), DecodeConfig(num_frames=8, sampling="keyframes"), LimitsConfig())
+    assert m.frame_indices == [0, 30, 60] and len(m.frames) == 3
+    assert m.fp_frames is None and m.ocr_frames is None
+
+
+def test_keyframe_sampling_reads_the_same_audio_in_the_same_pass(clips: list[dict[str, Any]]) -> None:
+    path = clips[0]["path"]
+    exact = decode_file(path, DecodeConfig(), LimitsConfig())
+    kf = decode_file(path, DecodeConfig(sampling="keyframes"), LimitsConfig())
+    assert exact.audio is not None and kf.audio is not None and kf.audio.dtype == np.float32
+    n = min(len(exact.audio), len(kf.audio))
+    assert abs(len(exact.audio) - len(kf.audio)) < 1600
+    assert np.corrcoef(exact.audio[:n], kf.audio[:n])[0, 1] > 0.95
+    assert set(kf.frame_indices) < set(range(kf.probe.num_frames)) and len(kf.frames) >= 2
+
+
+def test_fingerprint_frames_cover_the_clip_at_the_configured_rate(clips: list[dict[str, Any]]) -> None:
+    fp = FingerprintConfig(size=32, fps=4.0)
+    path = clips[1]["path"]
+    a = decode_file(path, DecodeConfig(), LimitsConfig(), None, fp)
+    b = decode_file(path, DecodeConfig(backend="pyav"), LimitsConfig(), None, fp)
+    for m in (a, b):
+        assert m.fp_frames is not None and m.fp_frames.dtype == np.uint8 and m.fp_frames.shape[1:] == (32, 32)
+        ts = m.fp_timestamps_s
+        assert len(ts) == len(m.fp_frames) and abs(len(ts) - m.probe.duration_s * 4) <= 1
+        assert ts[0] == 0 and ts[-1] > m.probe.duration_s - 0.5
+        assert np.allclose(np.diff(ts), 0.25, atol=0.05)
+    assert np.allclose(a.fp_timestamps_s, b.fp_timestamps_s, atol=0.02)
+    assert np.abs(a.fp_frames.astype(int) - b.fp_frames.astype(int)).mean() < 8  # type: ignore[union-attr]
+    # The CLIP frames keep their meaning with fingerprint frames on.
+    plain = decode_file(path, DecodeConfig(), LimitsConfig())
+    assert np.array_equal(plain.frames, a.frames) and plain.fp_frames is None
+
+
+def test_nvdec_is_refused_or_used_never_silently_missing(clips: list[dict[str, Any]]) -> None:
+    path = clips[0]["path"]
+    if nvdec_usable("h264"):
+        with Decoder(DecodeConfig(device="cuda"), LimitsConfig()) as d:
+            assert d.decode(path).decoder == "pyav-nvdec"
+    else:  # this machine: a typed 503-class error naming the reason, from the worker process
+        with Decoder(DecodeConfig(device="cuda"), LimitsConfig()) as d, pytest.raises(ModelUnavailableError) as e:
+            d.decode(path)
+        assert e.value.reason == "nvdec_unavailable" and "decode.device" in e.value.detail
+    # auto keeps keyframe sampling on the CPU (NVDEC measured slower there) and falls back when NVDEC is absent.
+    assert decode_file(path, DecodeConfig(device="auto", sampling="keyframes"), LimitsConfig()).decoder == "pyav"
+    auto = decode_file(path, DecodeConfig(device="auto"), LimitsConfig()).decoder
+    assert auto == ("pyav-nvdec" if nvdec_usable("h264") else "decord")
+
+
+def test_worker_pool_decodes_in_parallel_and_in_order(clips: list[dict[str, Any]]) -> None:
+    paths = [clips[i]["path"] for i in range(4)]
+    with Decoder(DecodeConfig(workers=2), LimitsConfig()) as d:
+        out = d.decode_many([*paths, b"not a video at all\n" * 40])
+        assert d.workers <= 2
+    assert all(m.probe.size_bytes == Path(p).stat().st_size for m, p in zip(out[:4], paths, strict=False))  # type: ignore[union-attr]
+    assert isinstance(out[4], MediaError) and out[4].reason == "not_a_video"
+
+
+# --- decode worker faults are the server's (issue 18) ----------------------------------------------
+
+_DIE_ON_FIRST_REQUEST = """
+import os, signal, sys
+from multiprocessing.connection import Connection
+marker = sys.argv[1]
+if os.path.exists(marker) and sys.argv[2] == "once":
+    os.execv(sys.executable, [sys.executable, "-m", "embedder.decode", *sys.argv[-2:]])
+open(marker, "w").close()
+Connection(int(sys.argv[-1])).recv()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_worker_killed_mid_decode_is_retried_on_a_fresh_worker(
+    clips: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embedder.decode as dec
+
+    cmd = [sys.executable, "-c", _DIE_ON_FIRST_REQUEST, str(tmp_path / "died"), "once"]
+    monkeypatch.setattr(dec, "WORKER_COMMAND", cmd)
+    with Decoder(DecodeConfig(), LimitsConfig()) as d:
+        m = d.decode(Path(clips[0]["path"]).read_bytes())  # the first worker dies of SIGKILL on this request
+        assert (tmp_path / "died").exists() and len(m.frames) == 8
+
+
+def test_worker_that_keeps_dying_is_a_retryable_server_fault_not_truncated(
+    clips: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embedder.decode as dec
+
+    monkeypatch.setattr(
+        dec, "WORKER_COMMAND", [sys.executable, "-c", _DIE_ON_FIRST_REQUEST, str(tmp_path / "m"), "always"]
+    )
+    with Decoder(DecodeConfig(), LimitsConfig()) as d:
+        for media in (clips[0]["path"], Path(clips[0]["path"]).read_bytes()):
+            with pytest.raises(ModelUnavailableError) as e:  # HTTP 503 + Retry-After, CLI exit 3
+                d.decode(media)
+            assert e.value.reason == "decode_worker_died"
+            assert "reelvec-" not in e.value.detail
+
+
+def test_kill_9_of_the_real_worker_during_a_decode(clips: list[dict[str, Any]]) -> None:
+    import signal
+    import threading
+    import time
+
+    with Decoder(DecodeConfig(workers=1), LimitsConfig()) as d:
+        d.decode(clips[0]["path"])
+        pid = d._idle[0].proc.pid
+        os.kill(pid, signal.SIGSTOP)  # the request waits in its socket until the kill below
+        result: list[Any] = []
+        t = threading.Thread(target=lambda: result.append(d.decode(clips[1]["path"])))
+        t.start()
+        deadline = time.monotonic() + 10
+        while not d._busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        t.join(60)
+        assert result and len(result[0].frames) == 8  # answered by a fresh worker, not `truncated`
+        assert d._idle[0].proc.pid != pid
+
+
+# --- one picture is not a video, on every path (issue 18) -------------------------------------------
+
+
+def _gif(path: Path, n: int) -> Path:
+    from PIL import Image
+
+    imgs = [Image.new("RGB", (64, 48), (i * 60 % 255, 10, 10)) for i in range(n)]
+    imgs[0].save(path, format="GIF", save_all=n > 1, append_images=imgs[1:], duration=100, loop=0)
+    return path
+
+
+def _one_frame_mp4(path: Path) -> Path:
+    _gop_clip(path, gop=1, n=1)
+    return path
+
+
+def test_still_gif_and_one_frame_video_are_not_videos(decoder: Decoder, tmp_path: Path) -> None:
+    for bad in (_gif(tmp_path / "still.gif", 1), _gif(tmp_path / "still.mp4", 1), _one_frame_mp4(tmp_path / "one.mp4")):
+        for media in (str(bad), bad.read_bytes()):
+            with pytest.raises(MediaError) as e:
+                decoder.decode(media)
+            assert e.value.reason == "not_a_video", bad
+        with pytest.raises(MediaError) as e:
+            probe_file(str(bad))  # the CLI's pre-check
+        assert e.value.reason == "not_a_video"
+        for sampling in ("exact", "keyframes"):
+            with pytest.raises(MediaError) as e:
+                decode_file(str(bad), DecodeConfig(sampling=sampling), LimitsConfig())
+            assert e.value.reason == "not_a_video"
+    # An animated GIF moves: it is decoded like any clip.
+    m = decoder.decode(str(_gif(tmp_path / "anim.gif", 6)))
+    assert m.probe.num_frames == 6 and m.probe.duration_s > 0 and len(m.frames) == 6
