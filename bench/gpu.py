@@ -138,20 +138,36 @@ def local_text_card(d: Path, model_dir: Path) -> Path:
     return d / "minilm-l6-v2-local.yaml"
 
 
+@dataclasses.dataclass
+class Models:
+    """The loaded models of the graph's model steps (None = off), by the role this bench reports them under."""
+
+    asr: Any
+    ocr: Any
+    clip: Any
+    text: Any
+    unavailable: list[str]
+
+    @classmethod
+    def of(cls, emb: Any) -> Models:
+        get = emb.models.get
+        return cls(get("asr"), get("ocr"), get("visual"), get("text"), list(emb.unavailable))
+
+
 def model_steps(m, cfg) -> list[tuple[str, Any, Callable[[list], None]]]:
-    """The model steps after decode, in pipeline order, each batched over the items it is given (None = off)."""
-    from embedder.pipeline import asr_step, ocr_step, text_step, visual_step
+    """The model steps after decode, in graph order, each batched over the items it is given (None = off)."""
+    from embedder.steps import asr_step, ocr_step, text_step, visual_step
 
     asr_name = f"ASR {m.asr.card.id} ({getattr(m.asr, 'backend', 'ctranslate2')})" if m.asr else "ASR"
     return [
-        (f"{asr_name}: speech gate + Whisper", m.asr, lambda ws: asr_step(m.asr, ws)),
-        (f"OCR {m.ocr.card.id} ({m.ocr.providers[0]})" if m.ocr else "OCR", m.ocr, lambda ws: ocr_step(m.ocr, ws)),
-        (f"CLIP {m.clip.card.id} (random weights)" if m.clip else "CLIP", m.clip, lambda ws: visual_step(m.clip, ws)),
+        (f"{asr_name}: speech gate + Whisper", m.asr, lambda ws: asr_step(m.asr, ws, cfg)),
+        (f"OCR {m.ocr.card.id} ({m.ocr.providers[0]})" if m.ocr else "OCR", m.ocr, lambda ws: ocr_step(m.ocr, ws, cfg)),
         (
-            f"text {m.text.card.id}" if m.text else "text",
-            m.text,
-            lambda ws: text_step(m.text, ws, cfg.text.transcript_max_chars),
+            f"CLIP {m.clip.card.id} (random weights)" if m.clip else "CLIP",
+            m.clip,
+            lambda ws: visual_step(m.clip, ws, cfg),
         ),
+        (f"text {m.text.card.id}" if m.text else "text", m.text, lambda ws: text_step(m.text, ws, cfg)),
     ]
 
 
@@ -162,24 +178,24 @@ def item(item_id: str, path: Path):
     return ItemInput(item_id, str(path), caption=f"Homemade pasta in ten minutes, take {item_id}", hashtags=["food"])
 
 
-def decode_all(decoder, works: list, workers: int) -> None:
+def decode_all(decoder, works: list, workers: int, cfg: Any) -> None:
     """Decode (+ fingerprint) every item, `workers` at a time, through one Decoder's worker processes."""
-    from embedder.pipeline import decode_step
+    from embedder.steps import decode_step
 
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda w: decode_step(decoder, [w]), works))
+        list(pool.map(lambda w: decode_step(decoder, [w], cfg), works))
 
 
 def stages_in_turn(emb, models, decoder, clips, workers, meter, sync, tag) -> tuple[float, dict, dict, list]:
     """Every clip decoded first, then each model step over all of them: per-stage time and GPU use."""
-    from embedder.pipeline import Work
+    from embedder.work import Work
 
     works = [Work(item(f"{tag}_{i:03d}", p)) for i, p in enumerate(clips)]
     stage_s: dict[str, float] = {}
     util: dict[str, float | None] = {}
     t_all = time.perf_counter()
     t = time.perf_counter()
-    decode_all(decoder, works, workers)
+    decode_all(decoder, works, workers, emb.cfg)
     stage_s[f"decode + fingerprint ({workers} worker processes)"] = time.perf_counter() - t
     for name, model, run in model_steps(models, emb.cfg):
         if model is None:
@@ -195,13 +211,14 @@ def stages_in_turn(emb, models, decoder, clips, workers, meter, sync, tag) -> tu
 
 def overlapped(emb, models, decoder, clips, workers, chunk, meter, sync, tag) -> tuple[float, float | None, list]:
     """Decode threads run ahead while the model steps take each decoded chunk of `chunk` items in turn."""
-    from embedder.pipeline import Work, decode_step
+    from embedder.steps import decode_step
+    from embedder.work import Work
 
     works = [Work(item(f"{tag}_{i:03d}", p)) for i, p in enumerate(clips)]
     steps = model_steps(models, emb.cfg)
     t_all = time.perf_counter()
     with meter, ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(decode_step, decoder, [w]) for w in works]
+        futures = [pool.submit(decode_step, decoder, [w], emb.cfg) for w in works]
         for start in range(0, len(works), chunk):
             for f in futures[start : start + chunk]:
                 f.result()
@@ -308,7 +325,7 @@ def main() -> None:
         t = time.perf_counter()
         emb = ItemEmbedder(cfg)  # every model once (CLIP and text fp16 on cuda via models.dtype=auto)
         load_s = time.perf_counter() - t
-        m = emb.models
+        m = Models.of(emb)
         n = len(clips)
         asr_note = (
             f"ASR {m.asr.card.id} on the {getattr(m.asr, 'backend', 'ctranslate2')} backend ({device})"
