@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from embedder.types import MODALITIES, ConfigError
+from embedder.types import MODALITIES, OPTIONAL_MODALITIES, ConfigError
 
 ENV_PREFIX = "REELVEC__"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -202,9 +202,9 @@ class FusionConfig(_Section):
     @field_validator("weights")
     @classmethod
     def _known_positive(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = set(v) - set(MODALITIES)
+        unknown = set(v) - {*MODALITIES, *OPTIONAL_MODALITIES}
         if unknown:
-            raise ValueError(f"unknown modality {sorted(unknown)}; known: {list(MODALITIES)}")
+            raise ValueError(f"unknown modality {sorted(unknown)}; known: {[*MODALITIES, *OPTIONAL_MODALITIES]}")
         missing = set(MODALITIES) - set(v)
         if missing:
             raise ValueError(f"missing weight for {sorted(missing)}")

@@ -53,8 +53,9 @@ class Step:
     serial: bool = False  # one item at a time per replica (the decode worker)
 
     def card(self, cfg: ReelvecConfig) -> str | None:
-        """The card reference this step loads, if it has a model role."""
-        return getattr(cfg.models, self.role).card if self.role else None
+        """The card reference this step loads, if it has a model role that is configured."""
+        ref = getattr(cfg.models, self.role) if self.role else None
+        return ref.card if ref is not None else None
 
 
 @dataclass(frozen=True)
@@ -103,15 +104,20 @@ class Graph:
         """Media no step outside `done` still reads (what may be dropped once the steps in `done` have run)."""
         return [m for m in MEDIA if not set(self.readers(m)) - done]
 
-    def stage_keeps(self, index: int) -> set[str]:
-        """Media the steps from position `index` on still read (in this order, as a linear pipeline runs them)."""
-        return {m for s in self.steps[index:] for m in s.reads if m in MEDIA}
+    def read_by(self, names: Sequence[str]) -> set[str]:
+        """Media these steps read (what a linear pipeline must still carry for the stages ahead)."""
+        return {m for s in self.steps if s.name in names for m in s.reads if m in MEDIA}
+
+    def configured(self, cfg: ReelvecConfig) -> Graph:
+        """This graph without the steps whose optional model role is not configured (e.g. `models.omni: null`)."""
+        keep = tuple(s for s in self.steps if s.role is None or s.card(cfg) is not None)
+        return self if len(keep) == len(self.steps) else Graph(keep, partial=self.partial)
 
     def modality_dims(self, cfg: ReelvecConfig, card_dims: Mapping[str, int | None]) -> dict[str, int]:
         """Modality -> dimension, in graph order, plus `fused` (the sum): the index's named vectors."""
         dims: dict[str, int] = {}
         for s in self.steps:
-            if s.vectors is not None:
+            if s.vectors is not None and (s.role is None or s.name in card_dims):
                 dims.update(s.vectors(card_dims.get(s.name), cfg))
         dims[FUSED] = sum(dims.values())
         return dims
@@ -143,7 +149,8 @@ def load_step(step: Step, cfg: ReelvecConfig) -> tuple[bool, Any]:
     if step.load is not None:
         return True, step.load(cfg)
     if step.role is not None:
-        model = load_optional(getattr(cfg.models, step.role), cfg)
+        ref = getattr(cfg.models, step.role)
+        model = load_optional(ref, cfg) if ref is not None else None  # an unconfigured optional role: step off
         return model is not None, model
     return True, None
 

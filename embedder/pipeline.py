@@ -54,7 +54,7 @@ class EmbeddingSpec:
 
 def embedding_spec(cfg: ReelvecConfig, graph: Graph = GRAPH) -> EmbeddingSpec:
     """Dims and schema version from the graph, its model cards and the fusion config (no weights are read)."""
-    cards = {s.name: load_card(s.card(cfg), cfg.models.cards_dir) for s in graph.steps if s.role}  # type: ignore[arg-type]
+    cards = {s.name: load_card(c, cfg.models.cards_dir) for s in graph.steps if (c := s.card(cfg)) is not None}
     dims = graph.modality_dims(cfg, {name: c.dims for name, c in cards.items()})
     models = {c.id: c.version for c in cards.values()}
     given = {**graph.default_weights(), **cfg.fusion.weights}
@@ -124,6 +124,7 @@ def assemble(work: Work, spec: EmbeddingSpec, unavailable: Sequence[str] = ()) -
         models_unavailable=list(unavailable),
         fingerprint=work.fingerprint,
         frame_vectors=work.frame_vectors,
+        fields=dict(work.fields),
     )
 
 
@@ -152,9 +153,9 @@ def unavailable_models(cfg: ReelvecConfig, graph: Graph = GRAPH) -> list[str]:
     """Card ids of configured models whose weights are absent, checked without loading them (the driver's view)."""
     out = []
     for step in graph.steps:
-        if step.role is None:
+        ref = getattr(cfg.models, step.role) if step.role else None
+        if ref is None:
             continue
-        ref = getattr(cfg.models, step.role)
         try:
             load_card(ref.card, cfg.models.cards_dir).resolve(cfg.models.models_dir)
         except ModelUnavailableError:
@@ -181,10 +182,10 @@ class ItemEmbedder:
     """Loads the decoder and models once and runs the step graph in-process, for one item or a batch."""
 
     def __init__(self, cfg: ReelvecConfig, graph: Graph = GRAPH, steps: Sequence[str] | None = None) -> None:
-        self.cfg, self.graph = cfg, graph
+        self.cfg, self.graph = cfg, graph.configured(cfg)
         self.spec = embedding_spec(cfg, graph)
         self.models = load_steps(graph, cfg, steps)
-        wanted = [s for s in graph.steps if s.role and (steps is None or s.name in steps)]
+        wanted = [s for s in graph.steps if s.card(cfg) and (steps is None or s.name in steps)]
         self.unavailable = [s.card(cfg) for s in wanted if s.name not in self.models]
 
     def embed(self, item: ItemInput) -> ItemEmbedding:

@@ -1,8 +1,10 @@
 """The per-item steps and the one declaration of how they connect (`GRAPH`):
 
     decode ──┬─> asr ──┐
-             ├─> ocr ──┼─> text
-             └─> visual
+             ├─> ocr ──┴─> text
+             ├─> visual
+             ├─> thumbs            (UI thumbnails into the payload; no model)
+             └─> omni              (optional: frames + audio in one model, when `models.omni` is set)
 
 Each step function takes its model (the decoder for `decode`), a batch of `Work` and the config, and updates
 the items in place through `guard`, so that every path gives the same vectors, models record and reasons.
@@ -129,6 +131,36 @@ def text_step(text: Any, works: Sequence[Work], cfg: ReelvecConfig) -> None:
     timed(todo, "text_ms", t0)
 
 
+def thumbs_step(_model: Any, works: Sequence[Work], cfg: ReelvecConfig) -> None:
+    """A few small JPEGs of the sampled frames into the payload, for the browser UI (`ui.thumbs`; 0: none)."""
+    from embedder.thumbs import thumbs_payload
+
+    ui = cfg.ui
+    todo = [w for w in live(works) if w.decoded is not None and w.decoded.frames.size]
+    if ui.thumbs <= 0 or not todo:
+        return
+    t0 = time.perf_counter()
+    for w in todo:
+        with guard([w], "thumbs"):
+            d = w.decoded
+            w.fields.update(thumbs_payload(d.frames, d.timestamps_s, ui.thumbs, ui.thumb_size, ui.thumb_quality))  # type: ignore[union-attr]
+    timed(todo, "thumbs_ms", t0)
+
+
+def omni_step(omni: Any, works: Sequence[Work], cfg: ReelvecConfig) -> None:
+    """One omni-encoder call over every item's frames and audio (one vector per clip, its own modality)."""
+    todo = [w for w in live(works) if w.decoded is not None and w.decoded.frames.size]
+    if not todo:
+        return
+    t0 = time.perf_counter()
+    with guard(todo, "omni"):
+        vecs = omni.encode_clips([w.decoded.frames for w in todo], [w.decoded.audio for w in todo])  # type: ignore[union-attr]
+        for row, w in enumerate(todo):
+            w.vectors["omni"] = vecs[row]
+        ran(todo, omni)
+    timed(todo, "omni_ms", t0)
+
+
 def _card_dims(modalities: tuple[str, ...]) -> Any:
     def dims(card_dims: int | None, _cfg: ReelvecConfig) -> dict[str, int]:
         if card_dims is None:
@@ -154,6 +186,10 @@ GRAPH = Graph(
              weights={"caption": 0.22, "transcript": 0.22, "ocr": 0.16},
              query=lambda m, texts: dict.fromkeys(TEXT_MODALITIES, np.asarray(m.encode(texts, kind="query"))),
              documents=lambda m, texts: np.asarray(m.encode(texts, kind="document"))),
+        Step("thumbs", thumbs_step, after=("decode",), reads=("frames",), writes=("fields",)),
+        Step("omni", omni_step, role="omni", after=("decode",), reads=("frames", "audio"), writes=("vectors",),
+             vectors=_card_dims(("omni",)), weights={"omni": 0.3},
+             query=lambda m, texts: {"omni": np.asarray(m.encode_text(texts, kind="query"))}),
     )
 )  # fmt: skip
 """The one declaration of reelvec's per-item steps; every path is derived from it."""

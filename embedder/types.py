@@ -13,6 +13,8 @@ import numpy as np
 
 # Modalities an item can carry, in the fixed order of the fused vector's blocks.
 MODALITIES: tuple[str, ...] = ("visual", "caption", "transcript", "ocr")
+# Modalities of optional steps (off unless their model is configured), e.g. `omni` (`models.omni`).
+OPTIONAL_MODALITIES: tuple[str, ...] = ("omni",)
 FUSED = "fused"
 
 MediaReason = Literal[
@@ -192,6 +194,7 @@ class ItemEmbedding:
     duplicate_of: str | None = None  # set at ingest by the re-upload check
     duplicate_score: float | None = None
     semantic_id: list[int] | None = None
+    fields: dict[str, Any] = field(default_factory=dict)  # extra payload fields from the steps (thumbnails)
 
     def to_json(self, vectors: bool = True) -> dict[str, Any]:
         """JSON-ready view (what `reelvec embed --json` prints; an upload's response is this less the vectors)."""

@@ -21,7 +21,7 @@ NO_FRAMES = np.zeros((0, 0, 0, 3), dtype=np.uint8)
 MEDIA: tuple[str, ...] = ("media", "frames", "ocr_frames", "audio")
 _EMPTY: dict[str, Any] = {"frames": NO_FRAMES, "ocr_frames": None, "audio": None}
 # What a step may write: `Work` fields merged back from a copy that ran elsewhere (a replica, a stage).
-RESULTS: tuple[str, ...] = ("decoded", "transcript", "ocr", "fingerprint", "frame_vectors", "vectors")
+RESULTS: tuple[str, ...] = ("decoded", "transcript", "ocr", "fingerprint", "frame_vectors", "vectors", "fields")
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Work:
     fingerprint: Fingerprint | None = None
     frame_vectors: np.ndarray | None = None
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)  # extra payload fields a step stores (e.g. thumbnails)
     models: dict[str, str] = field(default_factory=dict)  # card id -> version of every model that ran on it
     timings: dict[str, float] = field(default_factory=dict)
     stage: str = ""
@@ -62,8 +63,8 @@ class Work:
         if decoded is not None and dec:
             decoded = replace(decoded, **dec)
         return replace(
-            self, item=item, decoded=decoded, vectors=dict(self.vectors), models=dict(self.models),
-            timings=dict(self.timings),
+            self, item=item, decoded=decoded, vectors=dict(self.vectors), fields=dict(self.fields),
+            models=dict(self.models), timings=dict(self.timings),
         )  # fmt: skip
 
     def slim(self, keep: Iterable[str] = ()) -> Work:
@@ -81,8 +82,8 @@ class Work:
     def merge(self, other: Work, fields: Iterable[str] = RESULTS) -> None:
         """Take what a step wrote on a copy of this item (`fields`) back into it, with its models, timings and error."""
         for name in fields:
-            if name == "vectors":
-                self.vectors.update(other.vectors)
+            if name in ("vectors", "fields"):
+                getattr(self, name).update(getattr(other, name))
             elif name == "decoded":
                 self.decoded = other.decoded
             else:

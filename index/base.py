@@ -81,7 +81,16 @@ HIT_FIELDS = (
     "semantic_id",
 )
 # Hits carry the payload minus the (long) transcript; `get()` returns everything.
-HIT_PAYLOAD_EXCLUDE = ["transcript", CREATE_TOKEN]
+HIT_PAYLOAD_EXCLUDE = ["transcript", CREATE_TOKEN, "thumbs"]
+# The payload fields `build_payload` always writes (a step's extra fields may not replace them).
+_BASE_PAYLOAD = frozenset(
+    {
+        "item_id", "caption", "hashtags", "transcript", "language", "duration_s", "creator_id", "created_at",
+        "created_at_ts", "speech", "segments", "ocr_text", "ocr_lines", "frame_timestamps_s", "modalities", "models",
+        "models_unavailable", "schema_version", SCHEMA_SEQ, "duplicate_of", "duplicate_score", "semantic_id",
+        "metadata", CREATE_TOKEN,
+    }
+)  # fmt: skip
 _RETRIEVE_CHUNK = 1000
 _DUPLICATE_BATCH = 256  # fingerprints scrolled and queried per engine call in `duplicate_groups`
 
@@ -271,6 +280,8 @@ def build_payload(item: ItemEmbedding, transcript_chars: int, ocr_chars: int = 1
         "duplicate_score": None if item.duplicate_score is None else float(item.duplicate_score),
         "semantic_id": None if item.semantic_id is None else [int(c) for c in item.semantic_id],
         "metadata": dict(item.metadata),
+        # Fields a step added (thumbnails); never one of the fields above.
+        **{k: v for k, v in item.fields.items() if k not in _BASE_PAYLOAD},
     }
 
 

@@ -200,7 +200,12 @@ def step_options(cfg: ReelvecConfig, step: Step) -> dict[str, Any]:
         "name": f"step_{step.name}",
         "num_replicas": s.replicas.get(step.name, 1),
         "max_ongoing_requests": ongoing,
-        "ray_actor_options": {"num_cpus": s.num_cpus_per_model, "num_gpus": s.num_gpus_per_model if step.role else 0},
+        # A step with neither a model nor a worker (thumbnails) is light: it reserves no CPU, so the default
+        # config's 5 reserved deployments still fit 2 cores.
+        "ray_actor_options": {
+            "num_cpus": s.num_cpus_per_model if step.role or step.serial else 0.0,
+            "num_gpus": s.num_gpus_per_model if step.role else 0.0,
+        },
         "logging_config": LoggingConfig(encoding="JSON"),
         "user_config": {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s},
     }

@@ -51,6 +51,7 @@ def build_app(cfg: ReelvecConfig, graph: Graph = GRAPH) -> serve.Application:
     """The whole online path as one Serve application: a deployment per step of the graph, the index owner and
     the ingress; replicas, resources and batching from `cfg.serve`."""
     s = cfg.serve
+    graph = graph.configured(cfg)
     spec = embedding_spec(cfg, graph)
     # Embedded Qdrant Edge: one process may open the path, so exactly one owner; a server takes many writers
     # (":memory:" is per process, so it too must have a single owner).

@@ -95,12 +95,13 @@ def test_graph_declaration_is_checked() -> None:
 
 def test_media_are_freed_by_their_last_reader() -> None:
     assert GRAPH.frees({"decode"}) == ["media"]
-    assert set(GRAPH.frees({"decode", "asr"})) == {"media", "audio"}
+    assert set(GRAPH.frees({"decode", "asr", "omni"})) == {"media", "audio"}
     assert set(GRAPH.frees(set(GRAPH.names))) == {"media", "frames", "ocr_frames", "audio"}
+    assert "frames" not in GRAPH.frees({"decode", "asr", "ocr", "visual", "text"})  # thumbs and omni read them
     frames_late = GRAPH.with_step(Step("late", toy_step, after=("text",), reads=("frames",)))
-    assert "frames" not in frames_late.frees({"decode", "asr", "ocr", "visual", "text"})
+    assert "frames" not in frames_late.frees(set(GRAPH.names))
     # A linear pipeline (the backfill) carries only what the stages ahead still read.
-    assert GRAPH.stage_keeps(1) == {"audio", "ocr_frames", "frames"} and GRAPH.stage_keeps(4) == set()
+    assert GRAPH.read_by(["ocr", "visual", "text"]) == {"ocr_frames", "frames"} and GRAPH.read_by(["text"]) == set()
 
 
 def test_independent_steps_run_concurrently(cfg: ReelvecConfig) -> None:

@@ -228,7 +228,7 @@ def test_locked_index_is_503_then_ready(service: Service) -> None:
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json() == {
         "ready": False,
-        "models": {"decode": "loaded", "asr": "loaded", "ocr": "loaded", "visual": "loaded", "text": "loaded"},
+        "models": {s: "loaded" for s in ("decode", "asr", "ocr", "visual", "text", "thumbs")},
         "index": {"reachable": False, "error": "locked"},
     }
     for name in ("upload", "clip_search"):  # garbage media: `locked`, not `not_a_video`, so nothing was decoded
@@ -243,7 +243,7 @@ def test_health_ready_docs(service: Service) -> None:
     assert ready.status_code == 200
     assert ready.json() == {
         "ready": True,
-        "models": {"decode": "loaded", "asr": "loaded", "ocr": "loaded", "visual": "loaded", "text": "loaded"},
+        "models": {s: "loaded" for s in ("decode", "asr", "ocr", "visual", "text", "thumbs")},
         "index": {"reachable": True},
     }
     assert service.anon.get("/docs").status_code == 200

@@ -59,13 +59,25 @@ class Steps:
         unavailable = unavailable_models(cfg, graph)
         for card in unavailable:
             log.warning("MODEL UNAVAILABLE: %s — its modality is switched off for this whole backfill", card)
+        graph = graph.configured(cfg)
         runs = [s.name for s in graph.steps if s.role is None or s.card(cfg) not in unavailable]
         cards = [s.card(cfg) for s in graph.steps if s.role and s.name in runs]
         return cls(graph, graph.only(runs), unavailable, cards)  # type: ignore[arg-type]
 
+    def groups(self) -> list[list[str]]:
+        """The steps of each stage, in order: a light step (no model, no worker: thumbnails) runs in the stage
+        before it, on the media already there, instead of paying for an actor pool and a row round trip."""
+        out: list[list[str]] = []
+        for s in self.graph.steps:
+            if s.role is None and not s.serial and out:
+                out[-1].append(s.name)
+            else:
+                out.append([s.name])
+        return out
+
     def stages(self) -> dict[str, bool]:
-        """Stage name -> whether it runs a model (for the resource plan)."""
-        return {s.name: s.role is not None for s in self.graph.steps}
+        """Stage name (its first step) -> whether it runs a model (for the resource plan)."""
+        return {g[0]: self.graph[g[0]].role is not None for g in self.groups()}
 
 
 def build_pipeline(
@@ -99,15 +111,16 @@ def build_pipeline(
         # One normalize task at a time, in manifest order, so of rows sharing an id the first one is kept.
         compute=TaskPoolStrategy(size=1),
     )
-    graph = steps.graph
-    for index, step in enumerate(graph.steps):
-        keep = sorted(graph.stage_keeps(index + 1))
+    groups = steps.groups()
+    for index, names in enumerate(groups):
+        later = [n for g in groups[index + 1 :] for n in g]
+        keep = sorted(steps.graph.read_by(later))
         ds = ds.map_batches(
             StepStage,
-            fn_constructor_kwargs={"cfg": cfg, "graph": graph, "steps": [step.name], "keep": keep},
+            fn_constructor_kwargs={"cfg": cfg, "graph": steps.graph, "steps": names, "keep": keep},
             batch_format="pyarrow",
             batch_size=bf.batch_size,
-            **pool(step.name),
+            **pool(names[0]),
         )
     return ds.map_batches(
         write_batch,
