@@ -460,7 +460,7 @@ def test_metrics_and_structured_logs(service: Service, clips: list[dict[str, Any
         "ray_reelvec_batch_size_bucket",
         'reason="too_large"',
         'method="text.run"',
-        'stage="decode_worker"',
+        'stage="decode_replica"',
     ]
     deadline, text = time.monotonic() + 60, ""
     while time.monotonic() < deadline:
