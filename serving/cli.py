@@ -247,8 +247,11 @@ def _filter(
 
 
 def _check_k(k: int) -> None:
-    if k <= 0:
-        raise StoreError("bad_query", f"-k must be >= 1, got {k}")
+    """The same range as the HTTP API's `k`."""
+    from serving.http.schemas import MAX_K
+
+    if not 1 <= k <= MAX_K:
+        raise StoreError("bad_query", f"-k must be between 1 and {MAX_K}, got {k}")
 
 
 def _ids(values: list[str] | None) -> list[str]:
@@ -301,19 +304,24 @@ def collect_items(
     caption: str | None,
     hashtags: list[str],
     creator: str | None = None,
-) -> list[Any]:
-    """Files given directly, or every video in a folder with metadata from its `captions.jsonl` sidecar."""
+) -> tuple[list[Any], list[Any]]:
+    """Files given directly, or every video in a folder with metadata from its `captions.jsonl` sidecar; also
+    the sidecar rows that cannot become items (reported, while the good ones are written)."""
     from embedder.items import build_item
     from serving.manifest import VIDEO_SUFFIXES, collect_folder
 
-    items = []
+    items, bad = [], []
     for p in paths:
         if p.is_dir():
-            items += collect_folder(p, limits)
+            found, failed = collect_folder(p, limits)
+            items += found
+            bad += failed
         elif p.is_file():
             items.append(build_item(p.stem, str(p.resolve()), limits))
         else:
             raise MediaError("not_found", f"no such file or folder: {p}")
+    if not items and bad:
+        return items, bad
     if not items:
         raise MediaError("not_found", f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) under {paths}")
     if item_id is not None or caption is not None or hashtags or creator is not None:
@@ -330,7 +338,7 @@ def collect_items(
                 metadata={**meta, "created_at": it.created_at, "attributes": it.metadata},
             )
         ]
-    return items
+    return items, bad
 
 
 @app.command()
@@ -352,12 +360,11 @@ def ingest(
 
     with cli_errors(as_json):
         cfg = get_config(config)
-        items = collect_items(paths, cfg.limits, item_id, caption, hashtag or [], creator)
+        items, failed = collect_items(paths, cfg.limits, item_id, caption, hashtag or [], creator)
         index = _open_index(cfg)
         emb = None
         created: list[str] = []
         replaced: list[str] = []
-        failed: list[ItemFailure] = []
         duplicates: dict[str, tuple[str, float]] = {}
         try:
             semantic = load_semantic(cfg, index.collection, _spec(cfg).schema_version)

@@ -13,6 +13,8 @@ Using = Literal["fused", "visual", "caption", "transcript", "ocr"]
 Fusion = Literal["vector", "rrf", "dbsf"]
 # The keys of a `filters` object (multipart search) and of the filter query parameters (GET search).
 FILTER_KEYS = ("creator_id", "language", "since", "until", "exclude_ids")
+# The most hits one search returns, over HTTP and in the CLI alike.
+MAX_K = 100
 
 
 def _drop_empty(data: Any) -> Any:
@@ -78,7 +80,7 @@ class SearchQuery(SearchFilters):
     model_config = ConfigDict(extra="forbid")
 
     q: str = Field("", description="Query text.", max_length=2200)
-    k: int = Field(10, ge=1, le=100, description="How many hits.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many hits.")
     using: Using = Field("fused", description="Which vector to search: fused or one modality.")
     fusion: Fusion | None = Field(None, description="With using=fused: vector, rrf or dbsf (default fusion.mode).")
     moments: bool = Field(False, description="Per hit, where in the clip the query matches best (`moment`).")
@@ -95,7 +97,7 @@ class ClipSearchForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     caption: str | None = Field(None, description="Caption of the query clip (embedded like an item's).")
-    k: int = Field(10, ge=1, le=100)
+    k: int = Field(10, ge=1, le=MAX_K)
     using: Using = "fused"
     fusion: Fusion | None = None
     filters: SearchFilters = Field(
@@ -127,7 +129,7 @@ class SearchRequest(SearchFilters):
     like: str | None = None
     positive: list[str] = Field(default_factory=list)
     negative: list[str] = Field(default_factory=list)
-    k: int = Field(10, ge=1, le=100)
+    k: int = Field(10, ge=1, le=MAX_K)
     using: Using = "fused"
 
     @model_validator(mode="after")
