@@ -36,6 +36,7 @@ from serving.deployments import (
 from serving.http.admission import Admission
 from serving.http.app import Ingress
 from serving.http.errors import RETRY_AFTER_S
+from serving.http.proxy import install_proxy_callback
 
 APP_NAME = "reelvec"
 # The ingress mostly awaits handles; this bounds requests it holds at once, independently of batch size.
@@ -255,6 +256,8 @@ def run(cfg: ReelvecConfig, address: str | None = None, host: str = "127.0.0.1",
     reaper = _Reaper() if owns_cluster else None
     try:
         if not ray.is_initialized():
+            if owns_cluster:
+                install_proxy_callback()  # one well-formed X-Request-ID per response
             ray.init(address=address, include_dashboard=False)
             signal.signal(signal.SIGTERM, _interrupt)  # ray.init installs its own, which exits mid-teardown
         serve.start(http_options={"host": host, "port": port})

@@ -104,7 +104,7 @@ def normalize_batch(
             if fmt == "jsonl":
                 text = raw["text"]
                 try:
-                    raw = json_object(text)
+                    raw = json_object(text, cfg.limits)
                 except ValueError as e:
                     raise MediaError("bad_row", f"manifest line is {e}") from e
                 item_id, uri = str(raw.get("item_id") or ""), str(raw.get("uri") or "")

@@ -142,7 +142,8 @@ _GENERIC_DETAIL = {
 # Defence in depth on details we wrote ourselves: nothing that looks like a server path, pid or library link.
 _SCRUB = (
     (re.compile(r"https?://\S+"), "<url>"),
-    (re.compile(r"(?<![\w.])(?:~|\.{1,2})?/(?:[^\s/'\"]+/)*[^\s/'\"]*"), "<path>"),
+    # A path has a name after its first slash: a lone quoted '/' in our own texts (bad_item_id) is not one.
+    (re.compile(r"(?<![\w.])(?:~|\.{1,2})?/(?:[^\s/'\"]+/)*[^\s/'\"]+"), "<path>"),
     (re.compile(r"\bpid\W*\d+", re.IGNORECASE), "<process>"),
 )
 
@@ -154,8 +155,14 @@ def scrub(text: str) -> str:
     return text
 
 
+# The index names its collection in `unknown_item` ("no item 'x' in reelvec_v3"): the operator's word, not the API's.
+_COLLECTION = re.compile(r" in [\w.-]+(?=:|$)")
+
+
 def public_detail(e: ReelvecError) -> str:
     """What a client may read about an error: our own words for client-caused reasons, a fixed text otherwise."""
+    if e.reason == "unknown_item":
+        return scrub(_COLLECTION.sub("", e.detail))
     if e.reason in _CLIENT_DETAIL:
         return scrub(e.detail)
     return _GENERIC_DETAIL.get(e.reason, "the request could not be completed; see the server log")

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from embedder.items import json_phrase, load_json
 from index import SearchFilter
 
 Using = Literal["fused", "visual", "caption", "transcript", "ocr"]
 Fusion = Literal["vector", "rrf", "dbsf"]
 # The keys of a `filters` object (multipart search) and of the filter query parameters (GET search).
 FILTER_KEYS = ("creator_id", "language", "since", "until", "exclude_ids")
+# A filters object holds scalars and one list of ids: two levels.
+_FILTERS_DEPTH = 2
 # The most hits one search returns, over HTTP and in the CLI alike.
 MAX_K = 100
 
@@ -115,10 +117,10 @@ class ClipSearchForm(BaseModel):
         """The form sends `filters` as JSON text; its keys are then checked like any other field."""
         if not isinstance(v, str):
             return v
-        try:
-            return json.loads(v)
-        except json.JSONDecodeError:
-            raise ValueError("filters is not valid JSON") from None
+        try:  # bounded before parsing: a 10,000-deep array was a RecursionError, a 500 (issue 18)
+            return load_json(v, max_depth=_FILTERS_DEPTH, max_bytes=len(v))
+        except ValueError as e:
+            raise ValueError(f"filters {json_phrase(e)}") from None
 
 
 class SearchRequest(SearchFilters):
