@@ -57,7 +57,7 @@ EXIT_CODES: dict[type[ReelvecError], int] = {
 
 
 def exit_code_for(e: ReelvecError) -> int:
-    if isinstance(e, StoreError) and e.reason in ("unknown_item", "bad_query", "unknown_version"):
+    if isinstance(e, StoreError) and e.reason in ("unknown_item", "bad_query", "unknown_version", "bad_version"):
         return 2
     return next((code for cls, code in EXIT_CODES.items() if isinstance(e, cls)), 1)
 
@@ -812,6 +812,10 @@ def backfill(
 
     with cli_errors(as_json):
         cfg = get_config(config)
+        if target_version is not None:
+            from index import check_version
+
+            check_version(target_version)  # bad input (exit 2), before any cluster starts
         if submit:
             from serving.backfill.submit import backfill_args, submit_backfill
 

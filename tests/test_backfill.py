@@ -590,7 +590,7 @@ def test_quality_gate_refuses_a_worse_version_and_swaps_a_good_one(
 
     bad_cfg = make_config(tmp_path / "data", **env, REELVEC__EVAL__K="1", REELVEC__TEXT__TRANSCRIPT_MAX_CHARS="0")
     bad = run_backfill(bad_cfg, manifest, target_version="v-bad", swap_alias=True, max_failures=10, progress=False)
-    assert bad.exit_code == 0 and bad.failed == 3  # the speech-only clips have nothing left to embed
+    assert bad.exit_code == 5 and bad.failed == 3  # refused by the gate; speech-only clips have nothing to embed
     assert not bad.swapped and bad.gate is not None and not bad.gate["swap"], bad.gate
     assert bad.gate["live_version"] == "v-good" and bad.gate["new_recall"] < bad.gate["live_recall"] == 1.0
     assert active_version(bad_cfg.index) == "v-good"

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+# `--swap-alias` ran within --max-failures but the quality gate refused the swap: automation must tell this apart
+# from "swapped" (0) and from "too many failures" (1).
+EXIT_GATE_REFUSED = 5
+
 
 @dataclass
 class BackfillReport:
@@ -36,8 +40,15 @@ class BackfillReport:
         return self.written / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
+    def gate_refused(self) -> bool:
+        return self.gate is not None and not self.gate.get("swap")
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failed > self.max_failures else 0
+        """1 over --max-failures, `EXIT_GATE_REFUSED` when the quality gate kept the alias, else 0."""
+        if self.failed > self.max_failures:
+            return 1
+        return EXIT_GATE_REFUSED if self.gate_refused else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,10 +87,13 @@ class BackfillReport:
         from rich.text import Text
 
         ok = self.exit_code == 0
+        refused = ""
+        if self.gate_refused:
+            refused = f"; alias NOT swapped, refused by the quality gate: {(self.gate or {}).get('reason', '')}"
         head = Text(
-            f"backfill {'done' if ok else 'FAILED'}: {self.written} written, {self.skipped} skipped (already "
-            f"indexed), {self.failed} failed of {self.total} rows in {self.wall_s:.1f} s "
-            f"({self.items_per_s:.2f} items/s)",
+            f"backfill {'FAILED' if self.exit_code == 1 else 'done'}: {self.written} written, {self.skipped} skipped "
+            f"(already indexed), {self.failed} failed of {self.total} rows in {self.wall_s:.1f} s "
+            f"({self.items_per_s:.2f} items/s){refused}",
             style="bold green" if ok else "bold red",
         )
         info = Table.grid(padding=(0, 2))
