@@ -160,7 +160,9 @@ def _acquire_lock(directory: Path) -> int:
         except OSError:
             holder = "?"
         where = "this process" if holder == str(os.getpid()) else "another process"
-        log.warning("index at %s is locked by pid %s", directory, holder)
+        # The CLI shows warnings: no path or pid there (README); with -v the debug line names both.
+        log.warning("index version %s is locked by %s", directory.name, where)
+        log.debug("lock %s held by pid %s", path, holder)
         raise StoreError(
             "locked",
             f"index version {directory.name} is in use by {where}; "

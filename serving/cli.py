@@ -804,6 +804,10 @@ def backfill(
     submit: Annotated[
         str | None, typer.Option(help="Run as a Ray Job through the dashboard at this URL, e.g. http://HEAD:8265.")
     ] = None,
+    allow_root: Annotated[
+        list[Path] | None,
+        typer.Option("--allow-root", help="Also allow uris under this folder (repeatable; backfill.allowed_roots)."),
+    ] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -811,7 +815,7 @@ def backfill(
     from serving.backfill import BackfillReport, run_backfill
 
     with cli_errors(as_json):
-        cfg = get_config(config)
+        cfg = allowed_roots_with(get_config(config), manifest, allow_root or [])
         if target_version is not None:
             from index import check_version
 
@@ -819,7 +823,7 @@ def backfill(
         if submit:
             from serving.backfill.submit import backfill_args, submit_backfill
 
-            args = backfill_args(ledger, max_failures, force, target_version, swap_alias, config)
+            args = backfill_args(ledger, max_failures, force, target_version, swap_alias, config, allow_root)
             outcome = submit_backfill(submit, manifest, args, echo=None if as_json else err.file.write)
             if outcome.report is None:
                 raise ReelvecError(
@@ -840,6 +844,16 @@ def backfill(
             )
     emit(report.to_json(), as_json, lambda: out.print(report.render()))
     raise typer.Exit(report.exit_code)
+
+
+def allowed_roots_with(cfg: ReelvecConfig, manifest: Path, extra: list[Path]) -> ReelvecConfig:
+    """`cfg` with `--allow-root` folders added to `backfill.allowed_roots` (to the manifest's own folder, the
+    default, when none is configured)."""
+    if not extra:
+        return cfg
+    roots = list(cfg.backfill.allowed_roots) or [manifest.expanduser().absolute().parent]
+    roots += [p.expanduser().absolute() for p in extra]
+    return cfg.model_copy(update={"backfill": cfg.backfill.model_copy(update={"allowed_roots": roots})})
 
 
 def main() -> None:

@@ -4,14 +4,17 @@ bad versions are bad input (exit 2), and a locked index is reported without its 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from serving.cli import app
-from tests.conftest import CLIPS, temp_env
+from tests.conftest import CLIPS, free_port, make_config, temp_env
 
 runner = CliRunner()
 
@@ -71,3 +74,64 @@ def test_a_swap_refused_by_the_gate_has_its_own_exit_code_and_line() -> None:
     assert swapped.exit_code == 0
     failed = BackfillReport(manifest="m", version="v2", schema_version="s", total=1, failed=1, gate=gate)
     assert failed.exit_code == 1  # too many failures stays 1, whatever the gate said
+
+
+def test_an_empty_manifest_starts_no_cluster(tmp_path: Path) -> None:
+    """Zero rows answer at once: with an address nothing listens on, any cluster start would fail or hang."""
+    manifest = tmp_path / "empty.jsonl"
+    manifest.write_text("\n\n")
+    t0 = time.monotonic()
+    r = run(temp_env(tmp_path / "data"), "backfill", str(manifest), "--address", f"127.0.0.1:{free_port()}")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert (out["total"], out["written"], out["failed"]) == (0, 0, 0) and time.monotonic() - t0 < 20
+
+
+def test_locked_log_line_names_no_path_or_pid(tmp_path: Path) -> None:
+    from embedder.pipeline import embedding_spec
+    from index import open_index
+
+    env = temp_env(tmp_path, REELVEC__INDEX__TIMEOUT_S="1")
+    cfg = make_config(tmp_path, REELVEC__INDEX__TIMEOUT_S="1")
+    spec = embedding_spec(cfg)
+    with open_index(cfg.index, spec.dims, spec.schema_version):
+        r = runner.invoke(app, ["ingest", str(CLIPS / "cooking_01.mp4")], env=env)
+    assert r.exit_code == 4, r.stdout + r.stderr
+    assert "locked" in r.stderr and str(tmp_path) not in r.stderr and "pid" not in r.stderr.lower(), r.stderr
+    assert str(os.getpid()) not in r.stderr
+
+
+def test_forbidden_paths_say_how_to_allow_a_root(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from serving.backfill.report import BackfillReport
+
+    report = BackfillReport(
+        manifest="m.jsonl", version="v", schema_version="s", total=2, failed=2, failures={"manifest/forbidden_path": 2}
+    )
+    console = Console(record=True, width=200)
+    console.print(report.render())
+    text = console.export_text()
+    assert "backfill.allowed_roots" in text and "--allow-root DIR" in text, text
+    assert "allow_root" in report.to_json()["hints"][0] or "--allow-root" in report.to_json()["hints"][0]
+
+
+def test_allow_root_lets_a_manifest_reach_another_folder(tmp_path: Path) -> None:
+    from serving.cli import allowed_roots_with
+
+    cfg = make_config(tmp_path)
+    manifest = tmp_path / "m" / "manifest.jsonl"
+    roots = allowed_roots_with(cfg, manifest, [tmp_path / "media"]).backfill.allowed_roots
+    assert roots == [manifest.parent.absolute(), (tmp_path / "media").absolute()]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "192.0.2.1"], ids=["closed-port", "unroutable"])
+def test_an_unreachable_address_fails_in_one_line_within_30_s(tmp_path: Path, host: str) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"item_id": "a", "uri": str(CLIPS / "cooking_01.mp4")}) + "\n")
+    env = temp_env(tmp_path / "data")
+    t0 = time.monotonic()
+    r = run(env, "backfill", str(manifest), "--address", f"{host}:{free_port()}")
+    assert time.monotonic() - t0 < 30 and r.exit_code == 2, r.stdout + r.stderr
+    body = json.loads(r.stdout)
+    assert body["error"] == "cluster_unreachable" and "6379" in body["detail"], body

@@ -21,6 +21,7 @@ from typing import Any
 from embedder.config import ReelvecConfig
 from embedder.pipeline import ROLES, EmbeddingSpec, embedding_spec, unavailable_models
 from embedder.types import ConfigError, ReelvecError
+from serving.backfill.cluster import probe_address
 from serving.backfill.ledger import Ledger
 from serving.backfill.plan import Plan, plan_resources
 from serving.backfill.report import BackfillReport
@@ -130,6 +131,7 @@ def _start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     check_address(address or os.environ.get("RAY_ADDRESS"))
+    probe_address(address)  # one line in seconds, not Ray's 12-minute GCS retries (issue 18)
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=False)
     else:
@@ -239,6 +241,8 @@ def run_backfill(
         ledger=str(ledger_path),
         unavailable_models=unavailable,
     )
+    if info.rows == 0:  # nothing to embed: no cluster, no writer, no ledger (issue 18)
+        return report
     check_address(address)
     started = _start_ray(address)
     ctx = DataContext.get_current()

@@ -40,6 +40,17 @@ class BackfillReport:
         return self.written / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
+    def hints(self) -> list[str]:
+        """What the operator can do about the failures (shown in the summary and `--json`)."""
+        out = []
+        if self.failures.get("manifest/forbidden_path"):
+            out.append(
+                "rows whose uri lies outside the allowed roots were refused: allow a folder with "
+                "backfill.allowed_roots (REELVEC__BACKFILL__ALLOWED_ROOTS) or --allow-root DIR"
+            )
+        return out
+
+    @property
     def gate_refused(self) -> bool:
         return self.gate is not None and not self.gate.get("swap")
 
@@ -72,6 +83,7 @@ class BackfillReport:
             "unavailable_models": self.unavailable_models,
             "duplicates": self.duplicates,
             "gate": self.gate,
+            "hints": self.hints,
             "exit_code": self.exit_code,
         }
 
@@ -114,7 +126,7 @@ class BackfillReport:
         for k, v in self.stage_s.items():
             stages.add_row(k.removesuffix("_ms"), f"{v:.2f}", f"{v * 1000 / n:.1f}")
         stages.add_row("optimize", f"{self.optimize_s:.2f}", "-")
-        parts: list[Any] = [head, info, stages]
+        parts: list[Any] = [head, info, stages, *(Text(f"hint: {h}", style="yellow") for h in self.hints)]
         if self.failures:
             ft = Table("stage/reason", "count", title="failures")
             for k, v in sorted(self.failures.items(), key=lambda kv: -kv[1]):

@@ -76,6 +76,7 @@ def backfill_args(
     target_version: str | None = None,
     swap_alias: bool = False,
     config: str | Path | None = None,
+    allow_roots: Sequence[str | Path] = (),
 ) -> list[str]:
     """`reelvec backfill` options for the job's command line (paths made absolute: the cluster must see them)."""
     args: list[str] = []
@@ -91,6 +92,8 @@ def backfill_args(
         args.append("--swap-alias")
     if config is not None:
         args += ["--config", str(Path(config).expanduser().absolute())]
+    for root in allow_roots or ():
+        args += ["--allow-root", str(Path(root).expanduser().absolute())]
     return args
 
 
