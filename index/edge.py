@@ -203,6 +203,16 @@ def _recover_interrupted_swap(directory: Path) -> None:
         os.replace(aside, directory)
 
 
+def _remove_optimize_leftovers(directory: Path) -> None:
+    """Delete what a killed optimize left beside the shard (a full copy, 3.7x the shard in issue 18). Called with
+    the shard's lock held: an optimize in progress holds it, so these belong to a process that is gone."""
+    for suffix in (OPTIMIZING_SUFFIX, PRE_OPTIMIZE_SUFFIX):
+        leftover = directory.with_name(f".{directory.name}{suffix}")
+        if leftover.exists():
+            log.warning("removing %s left by an interrupted optimize", leftover.name)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _guard(seq: int) -> qe.Filter:
     """Matches points a write of schema generation `seq` may replace: older or equal, or unversioned."""
     return qe.Filter(
@@ -259,6 +269,7 @@ class EdgeIndex(VectorIndex):
             raise StoreError("unknown_version", f"no index version {version!r}")
         self._lock_fd = _acquire_lock(self._dir)
         try:
+            _remove_optimize_leftovers(self._dir)
             wanted, missing = dict(self._multi), []
             if exists:
                 # Load with the multivectors the shard has (the engine refuses a config naming more); add the rest.
