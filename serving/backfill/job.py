@@ -34,6 +34,7 @@ from serving.backfill.stages import (
 )
 from serving.backfill.writer import call, start_writer, stop_writer
 from serving.manifest import ManifestInfo, inspect_manifest, manifest_roots
+from serving.reaper import reap_at_exit
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def _start_ray(address: str | None) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=False)
     else:
+        reap_at_exit()  # Ray's agents must not outlive a kill -9 of this process (issue 18)
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     return True
 
