@@ -235,6 +235,10 @@ class BackfillConfig(_Section):
     num_gpus: float = Field(0.0, ge=0)
     # Manifest uris must resolve inside one of these folders (empty: the manifest's own folder).
     allowed_roots: list[Path] = Field(default_factory=list)
+    # `--submit`: the interpreter the job runs on the head node (one with reelvec's dependencies), and whether
+    # to ship those dependencies as the job's `pip` runtime env instead (the cluster must reach a package index).
+    submit_python: str = Field("python", min_length=1)
+    submit_pip: bool = False
 
 
 class DedupConfig(_Section):

@@ -824,7 +824,9 @@ def backfill(
             from serving.backfill.submit import backfill_args, submit_backfill
 
             args = backfill_args(ledger, max_failures, force, target_version, swap_alias, config, allow_root)
-            outcome = submit_backfill(submit, manifest, args, echo=None if as_json else err.file.write)
+            outcome = submit_backfill(submit, manifest, args, bf=cfg.backfill, echo=None if as_json else err.file.write)
+            if outcome.report is None and outcome.missing is not None:
+                raise outcome.missing
             if outcome.report is None:
                 raise ReelvecError(
                     "backfill_failed", f"Ray Job {outcome.job_id} ended {outcome.status} without a report"

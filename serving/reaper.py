@@ -84,7 +84,8 @@ def _reap_on_eof(parent: int, grace_s: float, every_s: float) -> None:
         procs = table()
         ours = {pid for pid, t in seen.items() if procs.get(pid, (0, -1))[1] == t}
         ours |= {pid for pid in procs if pid not in ours and in_session(pid)}
-        return (ours | descendants(ours | {parent}, procs)) - {me}
+        # Never the parent: it holds its session's files too, and may still be shutting down, waiting on us.
+        return (ours | descendants(ours | {parent}, procs)) - {me, parent}
 
     for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL):  # Ray's agents ignore SIGTERM
         for pid in alive():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from serving.cli import app
-from tests.conftest import CLIPS, free_port, make_config, temp_env
+from tests.conftest import CLIPS, ROOT, free_port, make_config, temp_env
 
 runner = CliRunner()
 
@@ -135,3 +137,50 @@ def test_an_unreachable_address_fails_in_one_line_within_30_s(tmp_path: Path, ho
     assert time.monotonic() - t0 < 30 and r.exit_code == 2, r.stdout + r.stderr
     body = json.loads(r.stdout)
     assert body["error"] == "cluster_unreachable" and "6379" in body["detail"], body
+
+
+def test_backfill_from_a_folder_holding_index_serving_and_embedder(tmp_path: Path) -> None:
+    """Ray puts the driver's cwd first on the workers' import path: these folders must not shadow reelvec's."""
+    shadow = tmp_path / "project"
+    for name in ("index", "serving", "embedder"):
+        (shadow / name).mkdir(parents=True)
+        (shadow / name / "__init__.py").write_text("")  # someone's own packages of these generic names
+    manifest = shadow / "m.jsonl"
+    manifest.write_text(json.dumps({"item_id": "a", "uri": str(CLIPS / "cooking_01.mp4"), "caption": "pasta"}) + "\n")
+    env = {
+        **os.environ,
+        **temp_env(tmp_path / "data"),
+        "REELVEC__BACKFILL__ALLOWED_ROOTS": json.dumps([str(CLIPS)]),
+        "PYTHONPATH": str(ROOT),
+    }
+    # `-P`: like the `reelvec` console script, the driver itself does not import from its cwd.
+    cmd = [sys.executable, "-P", "-m", "serving.cli", "backfill", str(manifest), "--json"]
+    r = subprocess.run(cmd, cwd=shadow, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (out["written"], out["failed"]) == (1, 0), out
+
+
+def test_submit_ships_what_the_job_needs() -> None:
+    """`--submit` runs the configured interpreter, and can ship reelvec's dependencies as a `pip` runtime env."""
+    from embedder.config import BackfillConfig
+    from serving.backfill.submit import job_request
+
+    entry, env = job_request("m.jsonl", ["--force"], BackfillConfig(), env={"REELVEC__X": "1", "HOME": "/root"})
+    assert entry.startswith("python -m serving.cli backfill ") and entry.endswith("--force --json")
+    assert env["env_vars"] == {"REELVEC__X": "1", "PYTHONUNBUFFERED": "1"} and "working_dir" in env
+    assert "pip" not in env
+    bf = BackfillConfig(submit_python="/opt/reelvec/bin/python", submit_pip=True)
+    entry, env = job_request("m.jsonl", [], bf, env={})
+    assert entry.startswith("/opt/reelvec/bin/python -m serving.cli backfill ")
+    assert any(r.startswith("typer") for r in env["pip"]) and any(r.startswith("ray") for r in env["pip"])
+
+
+def test_a_job_without_reelvec_on_the_head_says_what_to_set() -> None:
+    from serving.backfill.submit import missing_module
+
+    logs = "Traceback (most recent call last):\n  ...\nModuleNotFoundError: No module named 'typer'\n"
+    err = missing_module(logs)
+    assert err is not None and err.reason == "job_environment"
+    assert "backfill.submit_python" in err.detail and "backfill.submit_pip" in err.detail and "typer" in err.detail
+    assert missing_module("all fine\n") is None

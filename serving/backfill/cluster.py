@@ -3,10 +3,14 @@ of Ray's GCS connect retries (about 12 minutes, deaf to SIGTERM; issue 18)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
-from embedder.types import ConfigError
+from embedder.types import ConfigError, ReelvecError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -32,3 +36,34 @@ def probe_address(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> No
             f"no Ray cluster answers at {address} within {timeout_s:g} s (is the head running, and is this its "
             "GCS port, 6379 by default?)",
         ) from None
+
+
+# The folder holding reelvec's packages (`embedder`, `index`, `serving`): the repository, or site-packages.
+PACKAGES_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@contextlib.contextmanager
+def driver_cwd_is_reelvec() -> Iterator[None]:
+    """Around `ray.init`: Ray puts the driver's working directory first on every worker's import path, so a folder
+    named `index`, `serving` or `embedder` where the user stands shadowed reelvec's own packages (issue 18). Ray
+    reads the directory once, in `ray.init`: there it is reelvec's own root; the driver's cwd is restored after."""
+    previous = os.getcwd()
+    os.chdir(PACKAGES_ROOT)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def actor_start_error(e: BaseException, what: str) -> ReelvecError:
+    """Why an actor (`what`) did not start: an import failure is named as one, never hidden behind `unreachable`."""
+    text = str(e)
+    if "ModuleNotFoundError" in text or "ImportError" in text:
+        log.error("%s cannot import its code on the cluster: %s", what, e)
+        return ConfigError(
+            "worker_import_error",
+            f"{what} could not import reelvec's code on the cluster (is reelvec installed there, and the same "
+            "version?) — see the log",
+        )
+    log.error("%s failed to start: %s", what, e)
+    return StoreError("unreachable", f"{what} failed to start (see the log)")

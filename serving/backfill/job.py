@@ -21,7 +21,7 @@ from typing import Any
 from embedder.config import ReelvecConfig
 from embedder.pipeline import ROLES, EmbeddingSpec, embedding_spec, unavailable_models
 from embedder.types import ConfigError, ReelvecError
-from serving.backfill.cluster import probe_address
+from serving.backfill.cluster import driver_cwd_is_reelvec, probe_address
 from serving.backfill.ledger import Ledger
 from serving.backfill.plan import Plan, plan_resources
 from serving.backfill.report import BackfillReport
@@ -133,11 +133,12 @@ def _start_ray(address: str | None) -> bool:
         return False
     check_address(address or os.environ.get("RAY_ADDRESS"))
     probe_address(address)  # one line in seconds, not Ray's 12-minute GCS retries (issue 18)
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, log_to_driver=False)
-    else:
-        reap_at_exit()  # Ray's agents must not outlive a kill -9 of this process (issue 18)
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    with driver_cwd_is_reelvec():  # a folder named `index` here must not shadow reelvec's on the workers
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address, log_to_driver=False)
+        else:
+            reap_at_exit()  # Ray's agents must not outlive a kill -9 of this process (issue 18)
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     return True
 
 
