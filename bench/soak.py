@@ -51,9 +51,12 @@ def serve_processes() -> dict[str, int]:
         title[int(stat.parent.name)] = text
         parent[int(stat.parent.name)] = ppid
     out = {}
-    for pid, text in title.items():
-        if text.startswith(f"ray::ServeReplica:{APP}:"):
-            name = text.split(":", 3)[2].split()[0]
+    prefix = f"ray::ServeReplica:{APP}:"
+    for pid, text in sorted(title.items()):
+        if text.startswith(prefix):
+            # The title ends with the method running now (`DecodeDeployment.check_health`): keep the deployment.
+            name = text[len(prefix) :].split()[0].split(".")[0] or str(pid)
+            name = name if name not in out else f"{name} {pid}"
             out[name] = pid
             for child, ppid in parent.items():
                 if ppid == pid:
@@ -149,6 +152,7 @@ def main() -> None:
     series, codes, wall = soak(uploads, args.concurrency, marks)
     rows = []
     for name, values in sorted(series.items()):
+        values = values + [float("nan")] * (len(marks) - len(values))  # a process gone before the end
         grew = values[-1] - values[0]
         flag = "over bound" if grew > args.bound_mb else "ok"
         per100 = grew / uploads * 100 if uploads else float("nan")
