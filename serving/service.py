@@ -22,6 +22,7 @@ from ray.serve.schema import LoggingConfig, ServeDeploySchema
 from embedder.config import ENV_PREFIX, ReelvecConfig, load_config
 from embedder.pipeline import embedding_spec, unavailable_models
 from embedder.types import ConfigError
+from serving.backfill.cluster import driver_cwd_is_reelvec
 from serving.deployments import (
     AsrDeployment,
     ClipDeployment,
@@ -139,7 +140,8 @@ def write_serve_config(doc: dict[str, Any], path: Path) -> None:
 def deploy(cfg: ReelvecConfig, address: str, host: str, port: int) -> str:
     """Deploy the app to the running cluster at `address` and return its URL; the app keeps running there
     (Serve's controller is a detached actor) until `serve shutdown` or a redeploy."""
-    ray.init(address=address, logging_level=logging.WARNING)
+    with driver_cwd_is_reelvec():  # the replicas import reelvec's packages, not folders named like them here
+        ray.init(address=address, logging_level=logging.WARNING)
     try:
         serve.start(http_options={"host": host, "port": port})  # options apply only if Serve is not yet running
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
@@ -166,7 +168,8 @@ def run(cfg: ReelvecConfig, address: str | None = None, host: str = "127.0.0.1",
         if not ray.is_initialized():
             if owns_cluster:
                 install_proxy_callback()  # one well-formed X-Request-ID per response
-            ray.init(address=address, include_dashboard=False)
+            with driver_cwd_is_reelvec():
+                ray.init(address=address, include_dashboard=False)
             signal.signal(signal.SIGTERM, _interrupt)  # ray.init installs its own, which exits mid-teardown
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
