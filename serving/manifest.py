@@ -215,7 +215,7 @@ def _sidecar_row(line: str, n: int, limits: LimitsConfig) -> tuple[str, dict[str
     try:
         row = json_object(line, limits)
     except ValueError as e:
-        raise MediaError("bad_row", f"{SIDECAR} line {n} is {e}") from e
+        raise MediaError("bad_row", f"{SIDECAR} line {n} {json_phrase(e)}") from e
     name = row.get("uri") or row.get("file")
     if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
         raise MediaError("forbidden_path", f"{SIDECAR} line {n}: `uri` must be a file name in this folder")
