@@ -70,7 +70,7 @@ def load_json(text: str | bytes, max_depth: int, max_bytes: int) -> Any:
     try:
         return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON (line {e.lineno} column {e.colno})") from None
+        raise ValueError(f"not JSON (line {e.lineno} column {e.colno})") from None
     except ValueError as e:  # _finite / _no_constant, or an integer of more than 4,300 digits
         raise ValueError(str(e) if str(e).startswith("holds") else "holds a number too long") from None
 
