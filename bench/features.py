@@ -61,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(environ={"REELVEC__INDEX__PATH": f"{tmp}/index", "REELVEC__DATA_DIR": tmp})
         emb = ItemEmbedder(cfg)
-        embedded = [e for e in emb.embed_batch(collect_folder(ROOT / "samples/clips", cfg.limits)) if e]
+        embedded = [e for e in emb.embed_batch(collect_folder(ROOT / "samples/clips", cfg.limits)[0]) if e]
         embedded = [e for e in embedded if isinstance(e, ItemEmbedding)]
         spec = emb.spec
         with open_index(cfg.index, spec.dims, spec.schema_version) as index:

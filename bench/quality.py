@@ -192,7 +192,7 @@ def main() -> None:
     dev, test = queries[0::2], queries[1::2]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(environ={"REELVEC__INDEX__PATH": f"{tmp}/index", "REELVEC__DATA_DIR": tmp})
-        items = collect_folder(ROOT / "samples/clips", cfg.limits)
+        items, _ = collect_folder(ROOT / "samples/clips", cfg.limits)
         topic = {i.item_id: str(i.metadata["topic"]) for i in items}
         emb = ItemEmbedder(cfg)
         results = emb.embed_batch(items)

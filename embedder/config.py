@@ -76,6 +76,10 @@ class LimitsConfig(_Section):
     max_caption_chars: int = Field(2200, ge=0)
     max_hashtags: int = Field(30, ge=0)
     max_item_id_chars: int = Field(256, ge=1)
+    # JSON from clients (upload metadata, manifest and sidecar rows, search filters) is checked against these
+    # before it is parsed: a 10,000-deep `[[[…]]]` would otherwise overflow the parser's recursion (issue 18).
+    max_metadata_bytes: int = Field(64 * 1024, ge=2)
+    max_json_depth: int = Field(16, ge=2)
     # The item-id alphabet: any printable character except `/` and `\\` (so every id is one URL path segment,
     # reachable percent-encoded) — no control characters, no leading/trailing whitespace.
     item_id_pattern: str = r"[^\x00-\x1f\x7f-\x9f/\\\s](?:[^\x00-\x1f\x7f-\x9f/\\]*[^\x00-\x1f\x7f-\x9f/\\\s])?"
@@ -277,6 +281,10 @@ class BackfillConfig(_Section):
     num_gpus: float = Field(0.0, ge=0)
     # Manifest uris must resolve inside one of these folders (empty: the manifest's own folder).
     allowed_roots: list[Path] = Field(default_factory=list)
+    # `--submit`: the interpreter the job runs on the head node (one with reelvec's dependencies), and whether
+    # to ship those dependencies as the job's `pip` runtime env instead (the cluster must reach a package index).
+    submit_python: str = Field("python", min_length=1)
+    submit_pip: bool = False
 
 
 class DedupConfig(_Section):

@@ -6,6 +6,7 @@ Same checks, same errors (`bad_item_id`, `bad_metadata`, `caption_too_long`, `to
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -21,7 +22,7 @@ from embedder.types import ItemInput, MediaError
 class ItemMetadata(BaseModel):
     """An item's metadata object (upload `metadata` field, manifest `metadata` column). Unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     hashtags: list[str] = Field(default_factory=list, description="Hashtags, with or without `#`.")
     creator_id: str | None = Field(None, max_length=256)
@@ -29,6 +30,64 @@ class ItemMetadata(BaseModel):
     attributes: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Free-form scalar attributes stored with the item."
     )
+
+
+# A JSON string literal (escapes included): brackets inside one do not nest.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """How deep `text`'s arrays and objects nest, counted without parsing (so without recursion)."""
+    depth = deepest = 0
+    for b in _BRACKETS.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if b in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"holds number {text[:20]}, out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"holds {name} (finite numbers only)")
+
+
+def load_json(text: str | bytes, max_depth: int, max_bytes: int) -> Any:
+    """Client JSON → value; ValueError (a client-safe message) when over `max_bytes`, nested deeper than
+    `max_depth`, invalid, or holding NaN, Infinity or a number no float holds. Size and depth are checked
+    before parsing: the parser recurses once per level (issue 18: 10,000 levels was a RecursionError)."""
+    if len(text) > max_bytes:
+        raise ValueError(f"{len(text)} bytes, over {max_bytes}")
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if json_depth(text) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON (line {e.lineno} column {e.colno})") from None
+    except ValueError as e:  # _finite / _no_constant, or an integer of more than 4,300 digits
+        raise ValueError(str(e) if str(e).startswith("holds") else "holds a number too long") from None
+
+
+def json_phrase(e: ValueError) -> str:
+    """A `load_json` / `check_depth` refusal as the end of a sentence about the input ("metadata is …")."""
+    text = str(e)
+    return text if text.startswith("holds") else f"is {text}"
+
+
+def check_depth(value: Any, max_depth: int, depth: int = 0) -> None:
+    """ValueError when an already-parsed value (a Parquet struct, say) nests deeper than `max_depth`."""
+    if isinstance(value, Mapping | list | tuple):
+        if depth >= max_depth:
+            raise ValueError(f"nested deeper than {max_depth} levels")
+        for v in value.values() if isinstance(value, Mapping) else value:
+            check_depth(v, max_depth, depth + 1)
 
 
 @lru_cache(maxsize=8)
@@ -42,6 +101,8 @@ def check_item_id(item_id: Any, limits: LimitsConfig) -> str:
         raise MediaError("bad_item_id", "item_id is required and must be a non-empty string")
     if len(item_id) > limits.max_item_id_chars:
         raise MediaError("bad_item_id", f"item_id longer than limits.max_item_id_chars={limits.max_item_id_chars}")
+    if item_id in (".", ".."):
+        raise MediaError("bad_item_id", "item_id may not be '.' or '..': clients drop such URL segments")
     if not _id_re(limits.item_id_pattern).fullmatch(item_id):
         raise MediaError(
             "bad_item_id",
@@ -51,15 +112,18 @@ def check_item_id(item_id: Any, limits: LimitsConfig) -> str:
     return item_id
 
 
-def parse_metadata(raw: str | Mapping[str, Any] | None) -> ItemMetadata:
-    """The metadata object from JSON text or a mapping; anything else is `bad_metadata`."""
+def parse_metadata(raw: str | Mapping[str, Any] | None, limits: LimitsConfig) -> ItemMetadata:
+    """The metadata object from JSON text or a mapping (bounded by `limits.max_metadata_bytes` and
+    `limits.max_json_depth`); anything else is `bad_metadata`."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return ItemMetadata()
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise MediaError("bad_metadata", f"metadata is not valid JSON (line {e.lineno} column {e.colno})") from e
+    try:
+        if isinstance(raw, str):
+            raw = load_json(raw, limits.max_json_depth, limits.max_metadata_bytes)
+        else:
+            check_depth(raw, limits.max_json_depth)
+    except ValueError as e:
+        raise MediaError("bad_metadata", f"metadata {json_phrase(e)}") from e
     if not isinstance(raw, Mapping):
         raise MediaError("bad_metadata", f"metadata must be a JSON object, got {type(raw).__name__}")
     try:
@@ -90,7 +154,7 @@ def build_item(
 ) -> ItemInput:
     """Validate and build one item; raises `MediaError` with a stable reason for anything unusable."""
     check_item_id(item_id, limits)
-    meta = parse_metadata(metadata)
+    meta = parse_metadata(metadata, limits)
     if caption is not None and not isinstance(caption, str):
         raise MediaError("bad_metadata", f"caption must be text, got {type(caption).__name__}")
     item = ItemInput(

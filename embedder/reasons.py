@@ -114,6 +114,8 @@ REASONS: dict[str, Reason] = {
     "bad_address": _r(400, 2, "job"),
     "needs_cluster": _r(400, 2, "job"),
     "cluster_unreachable": _r(503, 4, "job"),
+    "worker_import_error": _r(500, 2, "job", False),
+    "job_environment": _r(500, 2, "job"),
     "port_in_use": _r(409, 2, "job"),
     "submit_failed": _r(503, 1, "job", False),
     "backfill_failed": _r(500, 1, "job", False),

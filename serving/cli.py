@@ -285,8 +285,11 @@ def _filter(
 
 
 def _check_k(k: int) -> None:
-    if k <= 0:
-        raise StoreError("bad_query", f"-k must be >= 1, got {k}")
+    """The same range as the HTTP API's `k`."""
+    from serving.http.schemas import MAX_K
+
+    if not 1 <= k <= MAX_K:
+        raise StoreError("bad_query", f"-k must be between 1 and {MAX_K}, got {k}")
 
 
 def _ids(values: list[str] | None) -> list[str]:
@@ -334,19 +337,24 @@ def collect_items(
     caption: str | None,
     hashtags: list[str],
     creator: str | None = None,
-) -> list[Any]:
-    """Files given directly, or every video in a folder with metadata from its `captions.jsonl` sidecar."""
+) -> tuple[list[Any], list[Any]]:
+    """Files given directly, or every video in a folder with metadata from its `captions.jsonl` sidecar; also
+    the sidecar rows that cannot become items (reported, while the good ones are written)."""
     from embedder.items import build_item
     from serving.manifest import VIDEO_SUFFIXES, collect_folder
 
-    items = []
+    items, bad = [], []
     for p in paths:
         if p.is_dir():
-            items += collect_folder(p, limits)
+            found, failed = collect_folder(p, limits)
+            items += found
+            bad += failed
         elif p.is_file():
             items.append(build_item(p.stem, str(p.resolve()), limits))
         else:
             raise MediaError("not_found", f"no such file or folder: {p}")
+    if not items and bad:
+        return items, bad
     if not items:
         raise MediaError("not_found", f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) under {paths}")
     if item_id is not None or caption is not None or hashtags or creator is not None:
@@ -363,7 +371,7 @@ def collect_items(
                 metadata={**meta, "created_at": it.created_at, "attributes": it.metadata},
             )
         ]
-    return items
+    return items, bad
 
 
 @app.command()
@@ -385,10 +393,10 @@ def ingest(
 
     with cli_errors(as_json):
         cfg = get_config(config)
-        items = collect_items(paths, cfg.limits, item_id, caption, hashtag or [], creator)
+        items, rejected = collect_items(paths, cfg.limits, item_id, caption, hashtag or [], creator)
         owner = IndexOwner.open(cfg, _spec(cfg))
         emb = None
-        written = WriteReport()
+        written = WriteReport(failed=list(rejected))
         try:
             emb = ItemEmbedder(cfg)
             columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -900,6 +908,10 @@ def backfill(
     submit: Annotated[
         str | None, typer.Option(help="Run as a Ray Job through the dashboard at this URL, e.g. http://HEAD:8265.")
     ] = None,
+    allow_root: Annotated[
+        list[Path] | None,
+        typer.Option("--allow-root", help="Also allow uris under this folder (repeatable; backfill.allowed_roots)."),
+    ] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -907,12 +919,18 @@ def backfill(
     from serving.backfill import BackfillReport, run_backfill
 
     with cli_errors(as_json):
-        cfg = get_config(config)
+        cfg = allowed_roots_with(get_config(config), manifest, allow_root or [])
+        if target_version is not None:
+            from index import check_version
+
+            check_version(target_version)  # bad input (exit 2), before any cluster starts
         if submit:
             from serving.backfill.submit import backfill_args, submit_backfill
 
-            args = backfill_args(ledger, max_failures, force, target_version, swap_alias, config)
-            outcome = submit_backfill(submit, manifest, args, echo=None if as_json else err.file.write)
+            args = backfill_args(ledger, max_failures, force, target_version, swap_alias, config, allow_root)
+            outcome = submit_backfill(submit, manifest, args, bf=cfg.backfill, echo=None if as_json else err.file.write)
+            if outcome.report is None and outcome.missing is not None:
+                raise outcome.missing
             if outcome.report is None:
                 raise ReelvecError(
                     "backfill_failed", f"Ray Job {outcome.job_id} ended {outcome.status} without a report"
@@ -932,6 +950,16 @@ def backfill(
             )
     emit(report.to_json(), as_json, lambda: out.print(report.render()))
     raise typer.Exit(report.exit_code)
+
+
+def allowed_roots_with(cfg: ReelvecConfig, manifest: Path, extra: list[Path]) -> ReelvecConfig:
+    """`cfg` with `--allow-root` folders added to `backfill.allowed_roots` (to the manifest's own folder, the
+    default, when none is configured)."""
+    if not extra:
+        return cfg
+    roots = list(cfg.backfill.allowed_roots) or [manifest.expanduser().absolute().parent]
+    roots += [p.expanduser().absolute() for p in extra]
+    return cfg.model_copy(update={"backfill": cfg.backfill.model_copy(update={"allowed_roots": roots})})
 
 
 def main() -> None:

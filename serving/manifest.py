@@ -8,7 +8,6 @@ inside an allowed root (`backfill.allowed_roots`, default the manifest's folder;
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from embedder.config import LimitsConfig
-from embedder.items import build_item
-from embedder.types import ConfigError, ItemInput, MediaError
+from embedder.items import build_item, check_depth, json_phrase, load_json
+from embedder.types import ConfigError, ItemFailure, ItemInput, MediaError
 
 REQUIRED_COLUMNS = ("item_id", "uri")
 OPTIONAL_COLUMNS = ("caption", "metadata", "hashtags", "creator_id", "created_at")
@@ -34,6 +33,8 @@ FORMATS = {
     ".pq": "parquet",
 }
 SIDECAR = "captions.jsonl"
+# A row's uri (a path, PATH_MAX 4096 bytes) and flat CSV columns, on top of metadata, caption and id.
+_ROW_OVERHEAD = 16 * 1024
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi"}
 
 
@@ -85,12 +86,17 @@ def inspect_manifest(path: str | Path) -> ManifestInfo:
         raise ManifestError("bad_manifest", f"{p}: cannot read manifest as {fmt}: {e}") from e
 
 
-def json_object(line: str) -> dict[str, Any]:
-    """One JSONL line as an object; the ValueError says why it is not one."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not JSON ({e})") from e
+def row_bytes(limits: LimitsConfig) -> int:
+    """Most bytes one manifest or sidecar line may take: its metadata, caption and id at their limits (UTF-8, up
+    to 4 bytes a character) plus room for the uri and a few flat columns."""
+    return limits.max_metadata_bytes + 4 * (limits.max_caption_chars + limits.max_item_id_chars) + _ROW_OVERHEAD
+
+
+def json_object(line: str, limits: LimitsConfig | None = None) -> dict[str, Any]:
+    """One JSONL line as an object, bounded in size and depth before parsing (`limits`, default the shipped
+    ones); the ValueError says why it is not one."""
+    limits = limits or LimitsConfig()
+    obj = load_json(line, limits.max_json_depth, row_bytes(limits))
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     return obj
@@ -144,17 +150,18 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _row_metadata(raw: dict[str, Any]) -> Any:
+def _row_metadata(raw: dict[str, Any], limits: LimitsConfig) -> Any:
     """The row's metadata object: the `metadata` column (JSON text or object) plus flat-CSV convenience columns
     `hashtags` (space/comma separated text), `creator_id` and `created_at` when the object lacks them."""
     meta = raw.get("metadata")
     if meta is None or (isinstance(meta, str) and not meta.strip()):
         meta = {}
-    elif isinstance(meta, str):
-        try:
-            meta = json.loads(meta)
-        except json.JSONDecodeError as e:
-            raise MediaError("bad_metadata", f"metadata is not valid JSON (line {e.lineno} column {e.colno})") from e
+    try:
+        if isinstance(meta, str):
+            meta = load_json(meta, limits.max_json_depth, limits.max_metadata_bytes)
+        check_depth(meta, limits.max_json_depth)  # before `_plain` recurses into a Parquet struct
+    except ValueError as e:
+        raise MediaError("bad_metadata", f"metadata {json_phrase(e)}") from e
     meta = _plain(meta)
     if not isinstance(meta, dict):
         return meta  # build_item refuses it with the same error as an upload
@@ -194,7 +201,7 @@ def parse_row(
     if isinstance(item_id, int | float) and not isinstance(item_id, bool):
         item_id = str(item_id)
     media = resolve_uri(raw.get("uri"), base_dir, roots if roots else [base_dir])
-    return build_item(item_id, media, limits, caption=raw.get("caption"), metadata=_row_metadata(raw))
+    return build_item(item_id, media, limits, caption=raw.get("caption"), metadata=_row_metadata(raw, limits))
 
 
 def manifest_roots(info_path: Path, allowed: Iterable[Path]) -> list[Path]:
@@ -203,40 +210,60 @@ def manifest_roots(info_path: Path, allowed: Iterable[Path]) -> list[Path]:
     return roots or [info_path.parent]
 
 
-def sidecar_rows(folder: Path) -> dict[str, dict[str, Any]]:
-    """`captions.jsonl` of an ingest folder: file name → row. A row names a file in this folder only."""
+def _sidecar_row(line: str, n: int, limits: LimitsConfig) -> tuple[str, dict[str, Any]]:
+    """One sidecar line → (file name, row); MediaError for a line that is not an object naming a file here."""
+    try:
+        row = json_object(line, limits)
+    except ValueError as e:
+        raise MediaError("bad_row", f"{SIDECAR} line {n} {json_phrase(e)}") from e
+    name = row.get("uri") or row.get("file")
+    if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+        raise MediaError("forbidden_path", f"{SIDECAR} line {n}: `uri` must be a file name in this folder")
+    extra = {k: v for k, v in row.items() if k not in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, "file")}
+    if extra:  # kept as metadata attributes, as the README says
+        meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+        attrs = {
+            **{k: v for k, v in extra.items() if isinstance(v, str | int | float | bool)},
+            **meta.get("attributes", {}),
+        }
+        row = {**row, "metadata": {**meta, "attributes": attrs}}
+        for k in extra:
+            row.pop(k)
+    return name, {**row, "uri": name, "_line": n}
+
+
+def sidecar_rows(folder: Path, limits: LimitsConfig) -> tuple[dict[str, dict[str, Any]], list[ItemFailure]]:
+    """`captions.jsonl` of an ingest folder: file name → row, and the lines that are no usable row (stage
+    `sidecar`). A row names a file in this folder only."""
     sidecar = folder / SIDECAR
     rows: dict[str, dict[str, Any]] = {}
+    failures: list[ItemFailure] = []
     if not sidecar.is_file():
-        return rows
+        return rows, failures
     for n, line in enumerate(sidecar.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json_object(line)
-        except ValueError as e:
-            raise MediaError("bad_metadata", f"{SIDECAR} line {n} is {e}") from e
-        name = row.get("uri") or row.get("file")
-        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
-            raise MediaError("forbidden_path", f"{SIDECAR} line {n}: `uri` must be a file name in this folder")
-        extra = {k: v for k, v in row.items() if k not in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, "file")}
-        if extra:  # kept as metadata attributes, as the README says
-            meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
-            attrs = {
-                **{k: v for k, v in extra.items() if isinstance(v, str | int | float | bool)},
-                **meta.get("attributes", {}),
-            }
-            row = {**row, "metadata": {**meta, "attributes": attrs}}
-            for k in extra:
-                row.pop(k)
-        rows[name] = {**row, "uri": name}
-    return rows
+            name, row = _sidecar_row(line, n, limits)
+        except MediaError as e:
+            failures.append(ItemFailure("", "sidecar", e.reason, e.detail))
+            continue
+        rows[name] = row
+    return rows, failures
 
 
-def collect_folder(folder: Path, limits: LimitsConfig) -> list[ItemInput]:
-    """Every video in a folder, with metadata from its sidecar (default id: the file stem)."""
-    rows = sidecar_rows(folder)
-    return [
-        parse_row(rows.get(f.name, {"item_id": f.stem, "uri": f.name}), folder, limits)
-        for f in sorted(x for x in folder.iterdir() if x.suffix.lower() in VIDEO_SUFFIXES)
-    ]
+def collect_folder(folder: Path, limits: LimitsConfig) -> tuple[list[ItemInput], list[ItemFailure]]:
+    """Every video in a folder, with metadata from its sidecar (default id: the file stem), and every sidecar
+    line or video that cannot become an item: the good ones are not held back by the bad (issue 18)."""
+    rows, failures = sidecar_rows(folder, limits)
+    items: list[ItemInput] = []
+    for f in sorted(x for x in folder.iterdir() if x.suffix.lower() in VIDEO_SUFFIXES):
+        row = dict(rows.get(f.name, {"item_id": f.stem, "uri": f.name}))
+        line = row.pop("_line", None)
+        try:
+            items.append(parse_row(row, folder, limits))
+        except MediaError as e:
+            item_id = row.get("item_id") if isinstance(row.get("item_id"), str) else ""
+            where = f"{SIDECAR} line {line}" if line is not None else f.name
+            failures.append(ItemFailure(item_id, "sidecar", e.reason, f"{where}: {e.detail}"))
+    return items, failures

@@ -7,12 +7,9 @@ same app as a Serve config for `serve deploy` / KubeRay."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +24,14 @@ from embedder.graph import Graph
 from embedder.pipeline import embedding_spec
 from embedder.steps import GRAPH
 from embedder.types import ConfigError
+from serving.backfill.cluster import driver_cwd_is_reelvec
 from serving.graph_serve import bind_steps
 from serving.http.admission import Admission
 from serving.http.app import Ingress
 from serving.http.errors import RETRY_AFTER_S
+from serving.http.proxy import install_proxy_callback
 from serving.index_writer import IndexWriter
+from serving.reaper import Reaper
 
 APP_NAME = "reelvec"
 # The ingress mostly awaits handles; this bounds requests it holds at once, independently of batch size.
@@ -121,103 +121,14 @@ def write_serve_config(doc: dict[str, Any], path: Path) -> None:
 def deploy(cfg: ReelvecConfig, address: str, host: str, port: int) -> str:
     """Deploy the app to the running cluster at `address` and return its URL; the app keeps running there
     (Serve's controller is a detached actor) until `serve shutdown` or a redeploy."""
-    ray.init(address=address, logging_level=logging.WARNING)
+    with driver_cwd_is_reelvec():  # the replicas import reelvec's packages, not folders named like them here
+        ray.init(address=address, logging_level=logging.WARNING)
     try:
         serve.start(http_options={"host": host, "port": port})  # options apply only if Serve is not yet running
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
     finally:
         ray.shutdown()  # disconnects this driver only
     return f"http://{host}:{port}"
-
-
-def _reap_on_eof(parent: int, grace_s: float, every_s: float) -> None:
-    """Watchdog body: note every descendant of `parent` each `every_s` until stdin reaches EOF (the parent exited,
-    even by SIGKILL), then end those still alive and their children: SIGTERM, then SIGKILL after `grace_s`."""
-    import contextlib
-    import os
-    import select
-    import signal
-    import sys
-    import time
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def table() -> dict[int, tuple[int, int]]:
-        """pid -> (ppid, start time) of every live, non-zombie process."""
-        procs = {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()  # the name before ")" may hold spaces
-            except OSError:
-                continue
-            if fields[0] != b"Z":
-                procs[int(name)] = (int(fields[1]), int(fields[19]))
-        return procs
-
-    def descendants(roots: set[int], procs: dict[int, tuple[int, int]]) -> set[int]:
-        found: set[int] = set()
-        frontier = roots
-        while frontier:
-            frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier and pid not in found}
-            found |= frontier
-        return found
-
-    me = os.getpid()
-    seen: dict[int, int] = {}  # pid -> start time (a reused pid is not ours)
-    stdin = sys.stdin.fileno()
-    while True:
-        ready, _, _ = select.select([stdin], [], [], every_s)
-        if ready and not os.read(stdin, 4096):
-            break
-        procs = table()
-        seen = {pid: t for pid, t in seen.items() if procs.get(pid, (0, -1))[1] == t}
-        seen.update({pid: procs[pid][1] for pid in descendants({parent}, procs) - {me}})
-
-    def alive() -> set[int]:
-        procs = table()
-        ours = {pid for pid, t in seen.items() if procs.get(pid, (0, -1))[1] == t}
-        return (ours | descendants(ours | {parent}, procs)) - {me}
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):  # Ray's agents ignore SIGTERM
-        for pid in alive():
-            with contextlib.suppress(OSError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace_s
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-
-class _Reaper:
-    """A watchdog process that outlives this one and ends every process the local Ray cluster started.
-
-    Ray kills its direct children when the driver dies (PR_SET_PDEATHSIG), but raylet's own children
-    (DashboardAgent, RuntimeEnvAgent) lingered 1-2 minutes after a `kill -9`, and decode workers were reaped
-    only by `__del__`. Once the driver is gone they hang off init, so the watchdog notes the process tree while
-    it can (marking them by environment fails: Ray's proctitle overwrites /proc/<pid>/environ)."""
-
-    def __init__(self, grace_s: float = 2.0, every_s: float = 1.0) -> None:
-        self.grace_s = grace_s
-        # Run from source with `-I`: the watchdog imports nothing of Ray or reelvec (starts in milliseconds), and
-        # its own session keeps a terminal's Ctrl-C or a process-group kill from ending it before it has reaped.
-        args = f"{os.getpid()}, {grace_s!r}, {every_s!r}"
-        code = inspect.getsource(_reap_on_eof) + f"\n_reap_on_eof({args})\n"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", code],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def reap(self) -> None:
-        """End whatever the cluster left behind and wait until it is gone."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=2 * self.grace_s + 10)
 
 
 def _interrupt(*_: object) -> None:
@@ -233,10 +144,13 @@ def run(cfg: ReelvecConfig, address: str | None = None, host: str = "127.0.0.1",
     # Explicit handlers: a process started in the background inherits SIGINT ignored, and SIGTERM (docker stop,
     # systemd, Kubernetes) must tear the app down too, also while it is still starting.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    reaper = _Reaper() if owns_cluster else None
+    reaper = Reaper() if owns_cluster else None
     try:
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False)
+            if owns_cluster:
+                install_proxy_callback()  # one well-formed X-Request-ID per response
+            with driver_cwd_is_reelvec():
+                ray.init(address=address, include_dashboard=False)
             signal.signal(signal.SIGTERM, _interrupt)  # ray.init installs its own, which exits mid-teardown
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)

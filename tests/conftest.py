@@ -86,6 +86,9 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
     """One real local Ray cluster per test session (own temp dir, free ports); torn down at the end."""
     import ray
 
+    from serving.http.proxy import install_proxy_callback
+
+    install_proxy_callback()  # Serve's proxies drop malformed X-Request-IDs, as under `reelvec serve`
     # AF_UNIX socket paths must stay short, so not under pytest's long tmp path.
     temp_dir = tempfile.mkdtemp(prefix="rvray-", dir="/tmp")
     info = ray.init(

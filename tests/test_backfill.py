@@ -210,6 +210,7 @@ def catalogue(
         {"item_id": "bad-missing", "uri": "media/missing.mp4", "caption": "x"},
         {"item_id": "bad-url", "uri": "https://example.com/v.mp4", "caption": "x"},
         {"item_id": "bad-meta", "uri": clips[0]["path"], "metadata": "{not json"},
+        {"item_id": "bad-deep", "uri": clips[0]["path"], "metadata": "[" * 10_000 + "]" * 10_000},  # issue 18
         {"item_id": "bad-long", "uri": clips[1]["path"], "caption": "y" * 5000},
         {"item_id": "bad-nothing", "uri": str(fixtures_dir / "silent.mp4")},  # no caption, speech or CLIP
         '{"item_id": "bad-json", "uri": ',
@@ -221,6 +222,7 @@ def catalogue(
         "bad-missing": ("decode", "not_found"),
         "bad-url": ("manifest", "bad_uri"),
         "bad-meta": ("manifest", "bad_metadata"),
+        "bad-deep": ("manifest", "bad_metadata"),
         "bad-long": ("manifest", "caption_too_long"),  # build_item checks limits, as for an upload
         "bad-nothing": ("fuse", "no_content"),
         "": ("manifest", "bad_row"),
@@ -238,8 +240,8 @@ def test_backfill_good_rows_indexed_bad_rows_in_ledger(catalogue: Catalogue, cli
     report, cfg = catalogue.report, catalogue.cfg
     assert catalogue.rows >= 20
     n = len(clips)
-    assert (report.total, report.written, report.failed, report.skipped) == (catalogue.rows, n, 9, 0), report
-    assert report.exit_code == 1  # 9 failures > backfill.max_failures (0)
+    assert (report.total, report.written, report.failed, report.skipped) == (catalogue.rows, n, 10, 0), report
+    assert report.exit_code == 1  # 10 failures > backfill.max_failures (0)
     assert report.index_count == n and report.alias_version == report.version == embedding_spec(cfg).schema_version
     assert {"decode_ms", "asr_ms", "text_ms", "fuse_ms", "write_ms"} <= set(report.stage_s)
     assert report.unavailable_models == [cfg.models.clip.card] and report.items_per_s > 0
@@ -588,7 +590,7 @@ def test_quality_gate_refuses_a_worse_version_and_swaps_a_good_one(
 
     bad_cfg = make_config(tmp_path / "data", **env, REELVEC__EVAL__K="1", REELVEC__TEXT__TRANSCRIPT_MAX_CHARS="0")
     bad = run_backfill(bad_cfg, manifest, target_version="v-bad", swap_alias=True, max_failures=10, progress=False)
-    assert bad.exit_code == 0 and bad.failed == 3  # the speech-only clips have nothing left to embed
+    assert bad.exit_code == 5 and bad.failed == 3  # refused by the gate; speech-only clips have nothing to embed
     assert not bad.swapped and bad.gate is not None and not bad.gate["swap"], bad.gate
     assert bad.gate["live_version"] == "v-good" and bad.gate["new_recall"] < bad.gate["live_recall"] == 1.0
     assert active_version(bad_cfg.index) == "v-good"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -207,13 +208,13 @@ def test_error_bodies_leak_nothing(svc: Attacked) -> None:
     mine = svc.anon.get("/v1/items/nope", headers={"X-Request-ID": "client-id-1"})
     assert mine.headers["x-request-id"] == "client-id-1" and mine.json()["request_id"] == "client-id-1"
     odd = svc.anon.get("/v1/items/nope", headers={"X-Request-ID": "bad id;with/odd chars"})
-    ours = odd.json()["request_id"]  # a fresh id; Serve's proxy still echoes the client's own next to it
-    assert len(ours) == 32 and ours in odd.headers.get_list("x-request-id")
+    ours = odd.json()["request_id"]  # a fresh id, the only one (serving/http/proxy.py drops the client's)
+    assert ours != "bad id;with/odd chars" and odd.headers.get_list("x-request-id") == [ours]
     logs = list(Path(svc.temp_dir).glob("session_latest/logs/serve/replica_*Ingress*.log"))
     deadline, mine_logged = time.monotonic() + 20, []
     while not mine_logged and time.monotonic() < deadline:
         records = [json.loads(line) for p in logs for line in p.read_text().splitlines() if line.startswith("{")]
-        mine_logged = [r for r in records if r.get("request_id") == garbage["request_id"]]
+        mine_logged = [r for r in records if r.get("request_id") == garbage["request_id"] and "reason" in r]
         time.sleep(0.5)
     assert mine_logged and mine_logged[0]["reason"] == "not_a_video"
     assert "Invalid data" in mine_logged[0]["message"]  # PyAV's own words: in the log, never in the body
@@ -233,6 +234,65 @@ def test_public_read_opens_reads_only(svc: Attacked) -> None:
     assert_error(svc.anon.get("/v1/search", params={"q": "pasta"}, headers=wrong), 403, "forbidden")
     paths = svc.anon.get("/openapi.json").json()["paths"]
     assert paths["/v1/items"]["post"]["security"] == [{"apiKey": []}] and "security" not in paths["/v1/search"]["get"]
+
+
+def test_the_key_is_checked_before_any_parameter(svc: Attacked) -> None:
+    """Issue 18: a wrong key is 403 whatever the parameters hold, and a key in the URL is a clear 401."""
+    wrong = {"X-API-Key": "wrong"}
+    for name, resp in {
+        "k=0": svc.anon.get("/v1/search", params={"q": "pasta", "k": 0}, headers=wrong),
+        "unknown query": svc.anon.get("/v1/search", params={"q": "pasta", "bogus": 1}, headers=wrong),
+        "get unknown": svc.anon.get("/v1/items/x", params={"bogus": 1}, headers=wrong),
+        "bad id": svc.anon.get("/v1/items/a%2Fb", headers=wrong),
+    }.items():
+        assert_error(resp, 403, "forbidden", name)
+    for resp in (
+        svc.anon.get("/v1/search", params={"q": "pasta", "api_key": API_KEY}),
+        svc.anon.delete("/v1/items/x", params={"api_key": API_KEY}),
+    ):
+        assert "X-API-Key header" in assert_error(resp, 401, "unauthorized", "?api_key=")["detail"]
+
+
+def test_unknown_form_fields_and_query_parameters_are_named(svc: Attacked) -> None:
+    files = {"file": ("c.mp4", svc.clip, "video/mp4")}
+    r = svc.http.post("/v1/items", data={"item_id": "typo", "captoin": "pasta"}, files=files)
+    assert "captoin" in assert_error(r, 400, "unknown_parameter", "form")["detail"]
+    assert "vector" in assert_error(svc.anon.get("/v1/items/x?vector=true"), 400, "unknown_parameter")["detail"]
+    assert_error(svc.http.delete("/v1/items/x?force=1"), 400, "unknown_parameter", "delete")
+    assert_error(svc.anon.get("/v1/items/typo"), 404, "unknown_item", "nothing was stored")
+
+
+def test_request_id_is_one_well_formed_header(svc: Attacked) -> None:
+    for given in ["<script>alert(1)</script>", "bad id;with/odd chars", "x" * 65]:
+        r = svc.anon.get("/v1/items/nope", headers={"X-Request-ID": given})
+        ids = r.headers.get_list("x-request-id")
+        assert len(ids) == 1 and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", ids[0]), (given, ids)
+        assert ids[0] == r.json()["request_id"] and "script" not in r.text
+    r = svc.anon.get("/healthz", headers={"X-Request-ID": "fine-id.1"})
+    assert r.headers.get_list("x-request-id") == ["fine-id.1"]
+
+
+def test_hostile_json_is_refused_not_a_crash(svc: Attacked) -> None:
+    deep = "[" * 10_000 + "]" * 10_000
+    files = {"file": ("c.mp4", svc.clip, "video/mp4")}
+    for meta in [deep, '{"attributes": {"a": NaN}}', '{"attributes": {"a": 1e400}}']:
+        r = svc.http.post("/v1/items", data={"item_id": "deep", "metadata": meta}, files=files)
+        assert_error(r, 422, "bad_metadata", meta[:20])
+    clip = {"file": ("q.mp4", GARBAGE, "video/mp4")}
+    assert_error(svc.anon.post("/v1/search", data={"filters": deep}, files=clip), 400, "bad_query", "filters")
+    body = b'{"like": "a", "exclude_ids": ' + deep.encode() + b"}"
+    json_body = {"content-type": "application/json"}
+    assert_error(svc.anon.post("/v1/search", content=body, headers=json_body), 400, "bad_query", "json body")
+
+
+def test_fixed_texts_keep_their_slashes_and_404s_read_alike(svc: Attacked) -> None:
+    detail = assert_error(_upload(svc, "a/b", svc.clip), 422, "bad_item_id")["detail"]
+    assert "'/'" in detail and "<path>" not in detail
+    got = assert_error(svc.anon.get("/v1/items/nope"), 404, "unknown_item")["detail"]
+    gone = assert_error(svc.http.delete("/v1/items/nope"), 404, "unknown_item")["detail"]
+    assert got == gone and "reelvec" not in got, (got, gone)
+    assert_error(svc.http.get("/v1/items/%2E%2E"), 422, "bad_item_id", "..")  # a client would drop a bare ".."
+    assert_error(_upload(svc, ".", svc.clip), 422, "bad_item_id", ".")
 
 
 # ---- item ids --------------------------------------------------------------------------------------------
@@ -324,6 +384,8 @@ def test_openapi_states_the_real_constraints(svc: Attacked) -> None:
     assert all(key in form["filters"]["description"] for key in ("creator_id", "since", "exclude_ids"))
     body = search["application/json"]["schema"]
     assert body["additionalProperties"] is False and body["properties"]["positive"]["items"]["pattern"] == pattern
+    q = next(p for p in doc["paths"]["/v1/search"]["get"]["parameters"] if p["name"] == "q")
+    assert q["required"] is True and q["schema"]["minLength"] == 1, q
     get_item = doc["paths"]["/v1/items/{item_id}"]["get"]["parameters"]
     assert next(p for p in get_item if p["name"] == "item_id")["schema"]["pattern"] == pattern
     assert {"400", "408", "413", "422", "503"} <= set(doc["paths"]["/v1/search"]["post"]["responses"])

@@ -137,7 +137,8 @@ def stop_and_check(proc: subprocess.Popen[bytes], sig: int, watch: Watch, tmp: P
         proc.kill()
         raise AssertionError(f"serve ignored signal {sig}: {(tmp / 'serve.log').read_text()[-2000:]}") from None
     assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), (tmp / "serve.log").read_text()[-2000:]
-    wait_for(lambda: not watch.alive(), 15, lambda: f"processes to end after signal {sig}: {watch.names()}")
+    # Generous: the watchdog needs a few seconds at most, but a loaded 2-core box schedules it late.
+    wait_for(lambda: not watch.alive(), 60, lambda: f"processes to end after signal {sig}: {watch.names()}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
@@ -152,6 +153,55 @@ def test_stop_while_starting_leaves_no_process(tmp_path: Path, ray_tmp: str, sig
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", range(20))
+def test_stop_while_starting_soak(tmp_path: Path, ray_tmp: str, run: int) -> None:
+    """The SIGKILL case 20 times over (issue 18: it failed on some machines); `pytest -m slow -k soak`."""
+    test_stop_while_starting_leaves_no_process(tmp_path, ray_tmp, signal.SIGKILL)
+
+
+# An orphan as Ray's agents become one when the raylet dies with the driver: reparented to init, named
+# `ray::…` (no session in its command line), holding its session's log open. The watchdog polls far too rarely
+# here (every 600 s) to note it: only the session scan can find it.
+_ORPHAN_PARENT = """
+import os, sys, time
+from serving.reaper import Reaper
+reaper = Reaper(every_s=600.0)  # kept: its stdin pipe closing is what sets it off
+logs = os.path.join(sys.argv[1], f"session_2026-01-01_00-00-00_000000_{os.getpid()}", "logs")
+os.makedirs(logs)
+agent = "import sys, time; log = open(sys.argv[1], 'w'); time.sleep(300)"
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:  # exec, as Ray starts its agents: the watchdog's pipe is not inherited
+        os.execv(sys.executable, [sys.executable, "-c", agent, os.path.join(logs, "dashboard_agent.out")])
+    os._exit(0)
+time.sleep(300)
+"""
+
+
+def test_the_watchdog_reaps_orphans_of_its_session(tmp_path: Path) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_PARENT, str(tmp_path)], cwd=ROOT)
+    orphan = None
+    try:
+        wait_for(lambda: list(tmp_path.glob("session_*/logs/*.out")), 60, "the orphan's log")
+        wait_for(lambda: any(_holds(p, tmp_path) for p in psutil.process_iter()), 30, "the orphan's open log")
+        orphan = next(p for p in psutil.process_iter() if _holds(p, tmp_path))
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE, 60, "the orphan to end")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if orphan is not None and orphan.is_running():
+            orphan.kill()
+
+
+def _holds(p: Any, folder: Path) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return any(str(folder) in f.path for f in p.open_files())
+    return False
 
 
 @pytest.mark.slow

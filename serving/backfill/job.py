@@ -25,12 +25,14 @@ from embedder.graph import Graph
 from embedder.pipeline import EmbeddingSpec, embedding_spec, unavailable_models
 from embedder.steps import GRAPH
 from embedder.types import ConfigError, ReelvecError
+from serving.backfill.cluster import driver_cwd_is_reelvec, probe_address
 from serving.backfill.ledger import Ledger
 from serving.backfill.plan import Plan, plan_resources
 from serving.backfill.report import BackfillReport
 from serving.backfill.stages import StepStage, normalize_batch, read_manifest, write_batch
 from serving.backfill.writer import call, start_writer, stop_writer
 from serving.manifest import ManifestInfo, inspect_manifest, manifest_roots
+from serving.reaper import reap_at_exit
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +153,13 @@ def _start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     check_address(address or os.environ.get("RAY_ADDRESS"))
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    probe_address(address)  # one line in seconds, not Ray's 12-minute GCS retries (issue 18)
+    with driver_cwd_is_reelvec():  # a folder named `index` here must not shadow reelvec's on the workers
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address, log_to_driver=False)
+        else:
+            reap_at_exit()  # Ray's agents must not outlive a kill -9 of this process (issue 18)
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     return True
 
 
@@ -376,6 +381,8 @@ def run_backfill(
         ledger=str(ledger_path),
         unavailable_models=steps.unavailable,
     )
+    if info.rows == 0:  # nothing to embed: no cluster, no writer, no ledger (issue 18)
+        return report
     run = _Run(cfg, info, spec, steps, report, ledger_path)
     with _session(address):
         try:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+# `--swap-alias` ran within --max-failures but the quality gate refused the swap: automation must tell this apart
+# from "swapped" (0) and from "too many failures" (1).
+EXIT_GATE_REFUSED = 5
+
 
 @dataclass
 class BackfillReport:
@@ -36,8 +40,26 @@ class BackfillReport:
         return self.written / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
+    def hints(self) -> list[str]:
+        """What the operator can do about the failures (shown in the summary and `--json`)."""
+        out = []
+        if self.failures.get("manifest/forbidden_path"):
+            out.append(
+                "rows whose uri lies outside the allowed roots were refused: allow a folder with "
+                "backfill.allowed_roots (REELVEC__BACKFILL__ALLOWED_ROOTS) or --allow-root DIR"
+            )
+        return out
+
+    @property
+    def gate_refused(self) -> bool:
+        return self.gate is not None and not self.gate.get("swap")
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failed > self.max_failures else 0
+        """1 over --max-failures, `EXIT_GATE_REFUSED` when the quality gate kept the alias, else 0."""
+        if self.failed > self.max_failures:
+            return 1
+        return EXIT_GATE_REFUSED if self.gate_refused else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +83,7 @@ class BackfillReport:
             "unavailable_models": self.unavailable_models,
             "duplicates": self.duplicates,
             "gate": self.gate,
+            "hints": self.hints,
             "exit_code": self.exit_code,
         }
 
@@ -76,10 +99,13 @@ class BackfillReport:
         from rich.text import Text
 
         ok = self.exit_code == 0
+        refused = ""
+        if self.gate_refused:
+            refused = f"; alias NOT swapped, refused by the quality gate: {(self.gate or {}).get('reason', '')}"
         head = Text(
-            f"backfill {'done' if ok else 'FAILED'}: {self.written} written, {self.skipped} skipped (already "
-            f"indexed), {self.failed} failed of {self.total} rows in {self.wall_s:.1f} s "
-            f"({self.items_per_s:.2f} items/s)",
+            f"backfill {'FAILED' if self.exit_code == 1 else 'done'}: {self.written} written, {self.skipped} skipped "
+            f"(already indexed), {self.failed} failed of {self.total} rows in {self.wall_s:.1f} s "
+            f"({self.items_per_s:.2f} items/s){refused}",
             style="bold green" if ok else "bold red",
         )
         info = Table.grid(padding=(0, 2))
@@ -100,7 +126,7 @@ class BackfillReport:
         for k, v in self.stage_s.items():
             stages.add_row(k.removesuffix("_ms"), f"{v:.2f}", f"{v * 1000 / n:.1f}")
         stages.add_row("optimize", f"{self.optimize_s:.2f}", "-")
-        parts: list[Any] = [head, info, stages]
+        parts: list[Any] = [head, info, stages, *(Text(f"hint: {h}", style="yellow") for h in self.hints)]
         if self.failures:
             ft = Table("stage/reason", "count", title="failures")
             for k, v in sorted(self.failures.items(), key=lambda kv: -kv[1]):

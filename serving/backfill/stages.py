@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from embedder.config import ReelvecConfig
 from embedder.graph import Graph, load_steps, run_steps
+from embedder.items import json_phrase
 from embedder.pipeline import EmbeddingSpec, finish
 from embedder.types import ItemEmbedding, MediaError, ReelvecError
 from embedder.work import MEDIA, Work
@@ -91,9 +92,9 @@ def normalize_batch(
             if fmt == "jsonl":
                 text = raw["text"]
                 try:
-                    raw = json_object(text)
+                    raw = json_object(text, cfg.limits)
                 except ValueError as e:
-                    raise MediaError("bad_row", f"manifest line is {e}") from e
+                    raise MediaError("bad_row", f"manifest line {json_phrase(e)}") from e
                 item_id, uri = str(raw.get("item_id") or ""), str(raw.get("uri") or "")
             item = parse_row(raw, Path(base_dir), cfg.limits, [Path(r) for r in roots])
             out.append(_row(item.item_id, uri, work=pickle.dumps(Work(item), protocol=5)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embedder.config import BackfillConfig
 from embedder.types import ConfigError, ReelvecError
 
 log = logging.getLogger(__name__)
@@ -35,12 +37,53 @@ class JobOutcome:
     status: str
     exit_code: int
     report: dict[str, Any] | None
+    missing: ReelvecError | None = None  # the job's interpreter lacked a module (see `missing_module`)
 
 
-def entrypoint(manifest: str | Path, args: Sequence[str]) -> str:
+def entrypoint(manifest: str | Path, args: Sequence[str], python: str = "python") -> str:
     """The job's shell command: the backfill CLI on the head node, always with --json (the report travels back)."""
-    argv = ["python", "-m", "serving.cli", "backfill", str(Path(manifest).expanduser().absolute()), *args, "--json"]
+    argv = [python, "-m", "serving.cli", "backfill", str(Path(manifest).expanduser().absolute()), *args, "--json"]
     return shlex.join(argv)
+
+
+def requirements() -> list[str]:
+    """reelvec's own dependencies (from its installed metadata), for a `pip` runtime env; extras left out."""
+    from importlib.metadata import requires
+
+    return [r for r in requires("reelvec") or [] if "extra ==" not in r]
+
+
+def job_request(
+    manifest: str | Path,
+    args: Sequence[str],
+    bf: BackfillConfig,
+    *,
+    working_dir: Path | None = ROOT,
+    env: dict[str, str] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The job's entrypoint and runtime env: the code as `working_dir`, `REELVEC__*` as env vars, the interpreter
+    `backfill.submit_python` and, with `backfill.submit_pip`, reelvec's dependencies as `pip` (issue 18: a head
+    node's bare `python` died with `No module named 'typer'`)."""
+    env_vars = {k: v for k, v in (env if env is not None else os.environ).items() if k.startswith("REELVEC__")}
+    env_vars.setdefault("PYTHONUNBUFFERED", "1")
+    runtime_env: dict[str, Any] = {"env_vars": env_vars}
+    if working_dir is not None:  # None: the cluster has reelvec installed
+        runtime_env.update(working_dir=str(working_dir), excludes=EXCLUDES)
+    if bf.submit_pip:
+        runtime_env["pip"] = requirements()
+    return entrypoint(manifest, args, bf.submit_python), runtime_env
+
+
+def missing_module(logs: str) -> ReelvecError | None:
+    """The clear error for a job whose interpreter lacks reelvec's dependencies, if its logs say so."""
+    found = re.search(r"ModuleNotFoundError: No module named '([\w.]+)'", logs)
+    if found is None:
+        return None
+    return ConfigError(
+        "job_environment",
+        f"the job's python on the cluster has no module {found.group(1)!r}: set backfill.submit_python to an "
+        "interpreter with reelvec installed, or backfill.submit_pip: true to ship its dependencies",
+    )
 
 
 def _client(url: str) -> Any:
@@ -76,6 +119,7 @@ def backfill_args(
     target_version: str | None = None,
     swap_alias: bool = False,
     config: str | Path | None = None,
+    allow_roots: Sequence[str | Path] = (),
 ) -> list[str]:
     """`reelvec backfill` options for the job's command line (paths made absolute: the cluster must see them)."""
     args: list[str] = []
@@ -91,6 +135,8 @@ def backfill_args(
         args.append("--swap-alias")
     if config is not None:
         args += ["--config", str(Path(config).expanduser().absolute())]
+    for root in allow_roots or ():
+        args += ["--allow-root", str(Path(root).expanduser().absolute())]
     return args
 
 
@@ -99,6 +145,7 @@ def submit_backfill(
     manifest: str | Path,
     args: Sequence[str] = (),
     *,
+    bf: BackfillConfig | None = None,
     working_dir: Path | None = ROOT,
     env: dict[str, str] | None = None,
     echo: Callable[[str], None] | None = None,
@@ -108,13 +155,9 @@ def submit_backfill(
     follow its logs through `echo` until it ends (Ctrl-C stops the job) and return its outcome.
     Paths must be valid on the cluster."""
     client = _client(url)
-    env_vars = {k: v for k, v in (env if env is not None else os.environ).items() if k.startswith("REELVEC__")}
-    env_vars.setdefault("PYTHONUNBUFFERED", "1")
-    runtime_env: dict[str, Any] = {"env_vars": env_vars}
-    if working_dir is not None:  # None: the cluster has reelvec installed
-        runtime_env.update(working_dir=str(working_dir), excludes=EXCLUDES)
+    command, runtime_env = job_request(manifest, args, bf or BackfillConfig(), working_dir=working_dir, env=env)
     try:
-        job_id = client.submit_job(entrypoint=entrypoint(manifest, args), runtime_env=runtime_env)
+        job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env)
     except (ConnectionError, RuntimeError) as e:
         log.error("job submission to %s failed: %s", url, e)
         raise ReelvecError("submit_failed", f"the Ray Job could not be submitted to {url} (see the log)") from e
@@ -138,4 +181,4 @@ def submit_backfill(
     code = getattr(info, "driver_exit_code", None)
     if code is None:
         code = 0 if status == "SUCCEEDED" else 1
-    return JobOutcome(job_id, status, int(code), report)
+    return JobOutcome(job_id, status, int(code), report, missing_module(logs) if report is None else None)

@@ -11,6 +11,7 @@ from typing import Any
 from embedder.config import ReelvecConfig
 from embedder.pipeline import EmbeddingSpec
 from embedder.types import ItemEmbedding, ReelvecError, StoreError
+from serving.backfill.cluster import actor_start_error
 from serving.owner import IndexOwner, WriteReport
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,7 @@ def start_writer(cfg: ReelvecConfig, spec: EmbeddingSpec, version: str | None, a
         raise
     except ray.exceptions.RayError as e:
         ray.kill(writer)
-        log.error("index writer failed to start: %s", e)
-        raise StoreError("unreachable", "the index writer failed to start (see the log)") from e
+        raise actor_start_error(e, "the index writer") from e  # an ImportError is named, not "unreachable"
     log.info("index writer holds version %s", version)
     return writer
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
@@ -55,7 +55,15 @@ from serving.http.schemas import (
     SearchResponse,
     UploadResponse,
 )
-from serving.http.upload import API_KEY_HEADER, UploadForm, check_api_key, read_form, read_small_body
+from serving.http.upload import (
+    API_KEY_HEADER,
+    UPLOAD_FIELDS,
+    UploadForm,
+    check_api_key,
+    read_form,
+    read_small_body,
+    refuse_unknown,
+)
 from serving.metrics import ServeMetrics
 from serving.rayerrors import cause_of
 
@@ -238,6 +246,26 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _guard(write: bool, query: tuple[str, ...] | None = ()) -> Any:
+    """A route dependency, which FastAPI runs before it validates any parameter: the API key first (issue 18: a
+    keyless `k=0` was a 400, not a 401), then unknown query parameters (`None`: the route's own model names them)."""
+
+    async def guard(request: Request) -> None:
+        _check_request(request, write, query)
+
+    return Depends(guard)
+
+
+def _check_request(request: Request, write: bool, query: tuple[str, ...] | None) -> None:
+    # A module function, pickled by reference, so it reads the replica's real `_RUNTIME` (the closure above is
+    # shipped by value with the routes, and a copy of `_RUNTIME` in it would never be bound).
+    cfg = _RUNTIME.cfg
+    if cfg is not None:
+        check_api_key(request, cfg.serve.api_key, required=write or not cfg.serve.public_read)
+    if query is not None:
+        refuse_unknown(request.query_params.keys(), query, "query parameter(s)")
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -312,6 +340,7 @@ class Ingress:
         response_model=UploadResponse,
         responses={200: {"model": UploadResponse, "description": "Replaced an existing item"}, **ERROR_RESPONSES},
         summary=f"Upload a clip (multipart); needs {API_KEY_HEADER} when serve.api_key is set",
+        dependencies=[_guard(write=True)],
     )
     async def upload(self, request: Request, response: Response) -> UploadResponse:
         keyed = self._auth(request, write=True)
@@ -320,6 +349,7 @@ class Ingress:
         # limits.max_bytes) and a full service answers 503 before the client sends its file.
         async with self.gates.media.hold():
             form = await self._read_form(request, keyed)
+            refuse_unknown(form.fields, UPLOAD_FIELDS, "form field(s)")
             request.state.item_id = form.fields.get("item_id")
             if "item_id" not in form.fields:
                 raise ApiError("missing_field", "item_id is required")
@@ -368,20 +398,30 @@ class Ingress:
         )
         return UploadResponse.of(emb, written, {"index_ms": index_ms, "total_ms": total_ms})
 
-    @api.get("/v1/items/{item_id:item_id}", response_model=ItemResponse, responses=ERROR_RESPONSES)
+    @api.get(
+        "/v1/items/{item_id:item_id}",
+        response_model=ItemResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[_guard(write=False, query=("vectors",))],
+    )
     async def get_item(self, request: Request, item_id: str, vectors: bool = False) -> ItemResponse:
         self._auth(request, write=False)
         return ItemResponse(**await self.writer.get.remote(self._item_id(request, item_id), vectors))
 
-    @api.delete("/v1/items/{item_id:item_id}", response_model=DeleteResponse, responses=ERROR_RESPONSES)
+    @api.delete(
+        "/v1/items/{item_id:item_id}",
+        response_model=DeleteResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[_guard(write=True)],
+    )
     async def delete_item(self, request: Request, item_id: str) -> DeleteResponse:
         self._auth(request, write=True)
         if not await self.writer.delete.remote(self._item_id(request, item_id)):
-            raise StoreError("unknown_item", "no item with this id")
+            raise StoreError("unknown_item", f"no item {item_id!r}")  # as GET words it
         log.info("item %s deleted", item_id, extra={"item_id": item_id, "outcome": "deleted"})
         return DeleteResponse(item_id=item_id, deleted=True)
 
-    @api.get("/v1/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
+    @api.get("/v1/search", response_model=SearchResponse, responses=ERROR_RESPONSES, dependencies=[_guard(False, None)])
     async def search_text(self, request: Request, params: Annotated[SearchQuery, Query()]) -> SearchResponse:
         self._auth(request, write=False)
         t0 = time.perf_counter()
@@ -402,7 +442,9 @@ class Ingress:
         for hit, moment in zip(found.hits, moments, strict=True):
             hit["moment"] = moment.to_json() if moment is not None else None
 
-    @api.post("/v1/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
+    @api.post(
+        "/v1/search", response_model=SearchResponse, responses=ERROR_RESPONSES, dependencies=[_guard(write=False)]
+    )
     async def search_by(self, request: Request) -> SearchResponse:
         """Search with an uploaded clip (multipart) or by item ids (JSON `like` or `positive`/`negative`)."""
         keyed = self._auth(request, write=False)

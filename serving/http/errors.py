@@ -74,7 +74,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 # Defence in depth on details we wrote ourselves: nothing that looks like a server path, pid or library link.
 _SCRUB = (
     (re.compile(r"https?://\S+"), "<url>"),
-    (re.compile(r"(?<![\w.])(?:~|\.{1,2})?/(?:[^\s/'\"]+/)*[^\s/'\"]*"), "<path>"),
+    # A path has a name after its first slash: a lone quoted '/' in our own texts (bad_item_id) is not one.
+    (re.compile(r"(?<![\w.])(?:~|\.{1,2})?/(?:[^\s/'\"]+/)*[^\s/'\"]+"), "<path>"),
     (re.compile(r"\bpid\W*\d+", re.IGNORECASE), "<process>"),
 )
 
@@ -86,10 +87,18 @@ def scrub(text: str) -> str:
     return text
 
 
+# The index names its collection in `unknown_item` ("no item 'x' in reelvec_v3"): the operator's word, not the API's.
+_COLLECTION = re.compile(r" in [\w.-]+(?=:|$)")
+
+
 def public_detail(e: ReelvecError) -> str:
     """What a client may read about an error: our own words for client-caused reasons, a fixed text otherwise."""
     r = reason(e.reason)
-    return scrub(e.detail) if r.public else r.generic
+    if not r.public:
+        return r.generic
+    if e.reason == "unknown_item":
+        return scrub(_COLLECTION.sub("", e.detail))
+    return scrub(e.detail)
 
 
 def error_body(e: ReelvecError, request_id: str) -> dict[str, Any]:

@@ -110,8 +110,10 @@ def openapi_document(app: FastAPI, cfg: ReelvecConfig) -> dict[str, Any]:
             if param["name"] == "item_id":
                 param["schema"] = _item_id(cfg)
     for param in paths["/v1/search"]["get"]["parameters"]:
-        if param["name"] == "q":
-            param["schema"]["maxLength"] = cfg.limits.max_caption_chars
+        if param["name"] == "q":  # required: without it the search is 400 (`empty_query`)
+            param["required"] = True
+            param["schema"].update(minLength=1, maxLength=cfg.limits.max_caption_chars)
+            param["schema"].pop("default", None)
         if param["name"] == "exclude_ids":
             param["schema"]["items"] = _item_id(cfg)
     if cfg.serve.api_key is not None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from embedder.items import json_phrase, load_json
 from index import SearchFilter
 
 if TYPE_CHECKING:
@@ -18,6 +18,10 @@ Using = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 Fusion = Literal["vector", "rrf", "dbsf"]
 # The keys of a `filters` object (multipart search) and of the filter query parameters (GET search).
 FILTER_KEYS = ("creator_id", "language", "since", "until", "exclude_ids")
+# A filters object holds scalars and one list of ids: two levels.
+_FILTERS_DEPTH = 2
+# The most hits one search returns, over HTTP and in the CLI alike.
+MAX_K = 100
 
 
 def _drop_empty(data: Any) -> Any:
@@ -90,7 +94,7 @@ class SearchQuery(SearchFilters):
     model_config = ConfigDict(extra="forbid")
 
     q: str = Field("", description="Query text.", max_length=2200)
-    k: int = Field(10, ge=1, le=100, description="How many hits.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many hits.")
     using: Using = Field("fused", description="Which vector to search: fused or one modality.")
     fusion: Fusion | None = Field(None, description="With using=fused: vector, rrf or dbsf (default fusion.mode).")
     moments: bool = Field(False, description="Per hit, where in the clip the query matches best (`moment`).")
@@ -107,7 +111,7 @@ class ClipSearchForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     caption: str | None = Field(None, description="Caption of the query clip (embedded like an item's).")
-    k: int = Field(10, ge=1, le=100)
+    k: int = Field(10, ge=1, le=MAX_K)
     using: Using = "fused"
     fusion: Fusion | None = None
     filters: SearchFilters = Field(
@@ -125,10 +129,10 @@ class ClipSearchForm(BaseModel):
         """The form sends `filters` as JSON text; its keys are then checked like any other field."""
         if not isinstance(v, str):
             return v
-        try:
-            return json.loads(v)
-        except json.JSONDecodeError:
-            raise ValueError("filters is not valid JSON") from None
+        try:  # bounded before parsing: a 10,000-deep array was a RecursionError, a 500 (issue 18)
+            return load_json(v, max_depth=_FILTERS_DEPTH, max_bytes=len(v))
+        except ValueError as e:
+            raise ValueError(f"filters {json_phrase(e)}") from None
 
 
 class SearchRequest(SearchFilters):
@@ -139,7 +143,7 @@ class SearchRequest(SearchFilters):
     like: str | None = None
     positive: list[str] = Field(default_factory=list)
     negative: list[str] = Field(default_factory=list)
-    k: int = Field(10, ge=1, le=100)
+    k: int = Field(10, ge=1, le=MAX_K)
     using: Using = "fused"
 
     @model_validator(mode="after")

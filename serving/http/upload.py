@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from pydantic import SecretStr
@@ -23,6 +23,8 @@ from serving.http.errors import ApiError
 API_KEY_HEADER = "X-API-Key"
 # File types a browser or client may declare for a clip; anything else is a 415 before decoding.
 _VIDEO_TYPES = ("video/", "application/octet-stream", "application/mp4")
+# The text fields of an upload form, besides the `file` part.
+UPLOAD_FIELDS = ("item_id", "caption", "metadata")
 # Room for the multipart framing and the text fields around the file (caption is UTF-8, up to 4 bytes a char).
 _FORM_OVERHEAD_BYTES = 64 * 1024
 
@@ -35,6 +37,8 @@ def check_api_key(request: Request, expected: SecretStr | None, required: bool =
     if expected is None or not expected.get_secret_value():
         return True
     given = request.headers.get(API_KEY_HEADER)
+    if not given and "api_key" in request.query_params:  # URLs land in access logs and browser history
+        raise ApiError("unauthorized", f"send the API key in the {API_KEY_HEADER} header, not as ?api_key=", 401)
     if not given:
         if required:
             raise ApiError("unauthorized", f"missing {API_KEY_HEADER} header", 401)
@@ -42,6 +46,16 @@ def check_api_key(request: Request, expected: SecretStr | None, required: bool =
     if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
         raise ApiError("forbidden", f"wrong {API_KEY_HEADER}", 403)
     return True
+
+
+def refuse_unknown(given: Iterable[str], allowed: Iterable[str], what: str) -> None:
+    """400 `unknown_parameter` naming every given name not in `allowed` (the OpenAPI document's
+    `additionalProperties: false`, enforced)."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        names = ", ".join(repr(n[:64]) for n in unknown[:10])
+        known = ", ".join(sorted(allowed)) or "none"
+        raise ApiError("unknown_parameter", f"unknown {what}: {names}; allowed: {known}", 400)
 
 
 def body_cap(limits: LimitsConfig) -> int:

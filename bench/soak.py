@@ -1,0 +1,180 @@
+"""Upload soak: many small uploads against one serve app, with the RSS of every Serve process along the way.
+
+Starts a local Ray + Serve (temp data dir, the shipped config), uploads the sample clips under fresh ids at a
+fixed client concurrency, and at each checkpoint records the resident memory (VmRSS) of every Serve replica
+process and of the decode worker (the replica's child). The baseline is each process's own RSS at 0 uploads,
+in the same run; a process that grows by more than `--bound-mb` over the run is flagged (issue 18: the decode
+worker grew 167 → 222 MB over 160 uploads).
+Usage: python bench/soak.py [--uploads 1000] [--concurrency 4] [--checkpoints 0,250,500,1000] [--bound-mb 100]
+       python bench/soak.py --smoke        # 12 uploads, checkpoints 0,6,12 (a correctness run, not a number)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from bench.results import command, publish  # noqa: E402
+from embedder.config import load_config  # noqa: E402
+
+log = logging.getLogger("bench.soak")
+APP = "reelvec-soak"
+CLIPS = sorted((ROOT / "samples/clips").glob("*.mp4"))
+
+
+def serve_processes() -> dict[str, int]:
+    """Name → pid of every replica of this app (Ray titles them `ray::ServeReplica:<app>:<deployment>`) and of
+    each replica's child processes (the decode worker)."""
+    title = {}
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = stat.read_bytes().split(b"\0")[0].decode(errors="replace")
+            ppid = int((stat.parent / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        title[int(stat.parent.name)] = text
+        parent[int(stat.parent.name)] = ppid
+    out = {}
+    prefix = f"ray::ServeReplica:{APP}:"
+    for pid, text in sorted(title.items()):
+        if text.startswith(prefix):
+            # The title ends with the method running now (`DecodeDeployment.check_health`): keep the deployment.
+            name = text[len(prefix) :].split()[0].split(".")[0] or str(pid)
+            name = name if name not in out else f"{name} {pid}"
+            out[name] = pid
+            for child, ppid in parent.items():
+                if ppid == pid:
+                    out[f"{name} child {os.path.basename(title[child].split()[0]) or child}"] = child
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory now (VmRSS), in MiB; NaN once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+async def upload_range(base: str, start: int, stop: int, concurrency: int, codes: Counter[int]) -> None:
+    """Uploads number `start`..`stop - 1` (fresh ids, sample clips in turn), `concurrency` at a time."""
+    media = [p.read_bytes() for p in CLIPS]
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(start, stop):
+        queue.put_nowait(i)
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=300) as http:
+            while not queue.empty():
+                i = queue.get_nowait()
+                files = {"file": (f"soak{i}.mp4", media[i % len(media)], "video/mp4")}
+                r = await http.post("/v1/items", data={"item_id": f"soak-{i}", "caption": "soak"}, files=files)
+                codes[r.status_code] += 1
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+
+
+def deploy(base: str) -> None:
+    from ray import serve
+
+    from serving.service import build_app
+
+    tmp = Path(tempfile.mkdtemp(prefix="reelvec-soak-"))
+    cfg = load_config(environ={"REELVEC__DATA_DIR": str(tmp), "REELVEC__INDEX__PATH": str(tmp / "index")})
+    serve.run(build_app(cfg), name=APP, route_prefix="/")
+    deadline = time.monotonic() + 300
+    while httpx.get(f"{base}/readyz", timeout=30).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError("service not ready after 300 s")
+        time.sleep(0.5)
+
+
+def soak(uploads: int, concurrency: int, checkpoints: list[int]) -> tuple[dict[str, list[float]], Counter[int], float]:
+    """Run the uploads; RSS of every Serve process at each checkpoint, HTTP status counts, wall seconds."""
+    import ray
+    from ray import serve
+
+    port = 19000 + os.getpid() % 1000
+    ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="rvk-", dir="/tmp"))
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    codes: Counter[int] = Counter()
+    series: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    try:
+        deploy(base)
+        asyncio.run(upload_range(base, -1, 0, 1, Counter()))  # warm: lazily loaded code paths
+        done = 0
+        for mark in checkpoints:
+            asyncio.run(upload_range(base, done, mark, concurrency, codes))
+            done = mark
+            procs = serve_processes()
+            for name, pid in procs.items():
+                series.setdefault(name, [float("nan")] * checkpoints.index(mark)).append(rss_mb(pid))
+            log.info("after %d uploads: %s", mark, {n: round(v[-1]) for n, v in series.items()})
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return series, codes, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--uploads", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--checkpoints", default="0,250,500,1000")
+    ap.add_argument("--bound-mb", type=float, default=100.0, help="Flag a process growing more over the run.")
+    ap.add_argument("--smoke", action="store_true", help="12 uploads, checkpoints 0,6,12.")
+    ap.add_argument("--no-write", action="store_true", help="Print, do not write bench/RESULTS.md.")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    uploads, marks = (12, [0, 6, 12]) if args.smoke else (args.uploads, [int(x) for x in args.checkpoints.split(",")])
+    marks = sorted({m for m in marks if m <= uploads} | {0, uploads})
+    series, codes, wall = soak(uploads, args.concurrency, marks)
+    rows = []
+    for name, values in sorted(series.items()):
+        values = values + [float("nan")] * (len(marks) - len(values))  # a process gone before the end
+        grew = values[-1] - values[0]
+        flag = "over bound" if grew > args.bound_mb else "ok"
+        per100 = grew / uploads * 100 if uploads else float("nan")
+        cells = " | ".join(f"{v:.0f}" for v in values)
+        rows.append(f"| {name} | {cells} | {grew:+.0f} | {per100:+.1f} | {flag} |")
+    head = " | ".join(f"RSS MiB @{m}" for m in marks)
+    section = (
+        f"\n## soak{'-smoke' if args.smoke else ''} — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+        f"Command: `{command()}` · {uploads} uploads of the sample clips (fresh ids) at concurrency "
+        f"{args.concurrency} against one local Serve app · {platform.machine()}, {os.cpu_count()} cores · "
+        f"HTTP statuses {dict(sorted(codes.items()))} · wall {wall:.0f} s · baseline: each process's RSS at 0 "
+        f"uploads; bound {args.bound_mb:g} MiB over the run.\n"
+        + ("Smoke run: too few uploads to say anything about growth.\n" if args.smoke else "")
+        + f"\n| process | {head} | growth MiB | MiB per 100 uploads | vs bound |\n"
+        + "|---|"
+        + "---:|" * (len(marks) + 2)
+        + "---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+    publish("soak-smoke" if args.smoke else "soak", section, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
