@@ -120,22 +120,41 @@ def random_vit_b32_card(d: Path) -> Path:
 
 
 def local_text_card(d: Path, model_dir: Path) -> Path:
-    """A card for a HF text-encoder folder carried to the machine (e.g. the bundled MiniLM saved as float16)."""
+    """A card for a HF text-encoder folder carried to the machine. Without `model.safetensors` (only config and
+    tokenizer carried) the MiniLM architecture is built with RANDOM weights and the card says so: speed only."""
     import hashlib
 
     import yaml
 
     base = yaml.safe_load((ROOT / "model_cards" / "minilm-l6-v2.yaml").read_text())
     weights = model_dir / "model.safetensors"
+    what = f"weights copied to {model_dir.name}"
+    if not weights.exists():
+        import torch
+        from transformers import AutoConfig, AutoModel
+
+        torch.manual_seed(0)
+        AutoModel.from_config(AutoConfig.from_pretrained(model_dir)).save_pretrained(model_dir)
+        what = "architecture only, RANDOM weights: speed only"
     card = {
         **base,
         "id": "minilm-l6-v2-local",
-        "version": f"{base['version']} (weights copied to {model_dir.name})",
+        "version": f"{base['version']} ({what})",
         "source": {"kind": "local", "path": str(model_dir.resolve())},
         "files": [{"path": "model.safetensors", "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}],
     }
     (d / "minilm-l6-v2-local.yaml").write_text(yaml.safe_dump(card))
     return d / "minilm-l6-v2-local.yaml"
+
+
+def local_asr_card(d: Path, model_dir: Path) -> Path:
+    """The bundled Whisper card pointing at a copy of its files carried to the machine (same pinned sha256)."""
+    import yaml
+
+    base = yaml.safe_load((ROOT / "model_cards" / "whisper-tiny-en.yaml").read_text())
+    card = {**base, "id": "whisper-tiny-en", "source": {"kind": "local", "path": str(model_dir.resolve())}}
+    (d / "whisper-tiny-en-local.yaml").write_text(yaml.safe_dump(card))
+    return d / "whisper-tiny-en-local.yaml"
 
 
 @dataclasses.dataclass
@@ -265,6 +284,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=16, help="items per model call in the overlapped runs")
     ap.add_argument("--repeat", type=int, default=3, help="runs per row (the median is reported)")
     ap.add_argument("--text-dir", type=Path, help="a HF text-encoder folder to use instead of the bundled card")
+    ap.add_argument("--asr-dir", type=Path, help="a copy of the bundled Whisper files (where its pip package is not)")
     ap.add_argument("--no-nvdec", action="store_true", help="skip the decode-only CPU vs NVDEC rows")
     ap.add_argument("--budget-s", type=float, default=420, help="skip the optional rows past this many seconds")
     ap.add_argument("--note", default="", help="a sentence on the run's conditions, printed in the section")
@@ -320,6 +340,8 @@ def main() -> None:
             env["REELVEC__ASR__COMPUTE_TYPE"] = "float16"
         if args.text_dir:
             env["REELVEC__MODELS__TEXT__CARD"] = str(local_text_card(tmp, args.text_dir))
+        if args.asr_dir:
+            env["REELVEC__MODELS__ASR__CARD"] = str(local_asr_card(tmp, args.asr_dir))
         cfg = load_config(environ=env)
         print("loading models …", flush=True)
         t = time.perf_counter()
