@@ -116,7 +116,7 @@ def _signs_of(box: np.ndarray, crop: float, n: int) -> np.ndarray:
     t, h, w = box.shape
     ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
     rows, cols = _projection(h, (h - ch) // 2, ch, n), _projection(w, (w - cw) // 2, cw, n)
-    c = np.einsum("vh,thw,uw->tvu", rows, box.astype(np.float32), cols, optimize=True)
+    c = rows @ (box.astype(np.float32) @ cols.T)  # T×n×n (plain matmuls: einsum took 6 ms a call)
     bits = (c > 1e-3).reshape(t, n * n)  # a tiny margin: flat content gives exact zeros on every frame alike
     return np.concatenate([bits[:, 1:], np.zeros((t, 1), bool)], axis=1)  # DC only says brightness
 

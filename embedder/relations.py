@@ -12,6 +12,7 @@ from embedder.fingerprint import VideoAlignment, VideoPrint, align_video
 
 RelationKind = Literal["duplicate_of", "remix_of", "sound_of"]
 _AUDIO_GAP_S = 1.5  # matched landmarks further apart than this start a new audio segment
+_IN_STEP_S = 0.5  # visual and audio offsets this close say the picture and the sound were copied together
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,14 @@ class Relation:
 
 
 def relate(new: ItemPrints, stored: ItemPrints, cfg: DedupConfig) -> Relation:
-    """Compare two items: visuals match when the aligned visual score reaches `visual_threshold`, audio when the
-    aligned landmark share reaches `audio_threshold`; one side without audio leaves the visuals to decide."""
+    """Compare two items: visuals match when the aligned visual score reaches `visual_threshold` (or
+    `visual_threshold_with_audio` when the audio matches on the same offset), audio when the aligned landmark share
+    reaches `audio_threshold`; one side without audio leaves the visuals to decide."""
     va = align_video(new.video, stored.video, cfg)
     aa = align_audio(new.audio, stored.audio, cfg) if new.audio is not None and stored.audio is not None else None
-    kind = verdict(va.score, None if aa is None else aa.score, cfg.visual_threshold, cfg.audio_threshold)
+    a_score = None if aa is None else aa.score
+    th = (cfg.visual_threshold, cfg.audio_threshold, cfg.visual_threshold_with_audio)
+    kind = verdict(va.score, a_score, *th, in_step=in_step(va, aa))
     segments: tuple[CopiedSegment, ...] = ()
     if kind in ("duplicate_of", "remix_of"):
         segments = video_segments(va, new.video.step_s, stored.video.step_s, cfg.frame_match)
@@ -70,13 +74,26 @@ def relate(new: ItemPrints, stored: ItemPrints, cfg: DedupConfig) -> Relation:
     return Relation(kind, va.score, None if aa is None else aa.score, segments, va.mirrored, va.speed)
 
 
-def verdict(visual_score: float, audio_score: float | None, visual_t: float, audio_t: float) -> RelationKind | None:
-    """The relation two scores mean; `audio_score` None: a side without audio, the visuals decide alone."""
-    visual = visual_score >= visual_t
+def verdict(
+    visual_score: float,
+    audio_score: float | None,
+    visual_t: float,
+    audio_t: float,
+    visual_t_with_audio: float,
+    in_step: bool = False,
+) -> RelationKind | None:
+    """The relation two scores mean. Matching audio whose alignment agrees with the visual one (`in_step`) is
+    evidence too: the visuals then need only reach `visual_t_with_audio` to make a duplicate. `audio_score` None:
+    a side without audio, the visuals decide alone."""
     audio = None if audio_score is None else audio_score >= audio_t
-    if visual:
+    if visual_score >= visual_t or (audio and in_step and visual_score >= visual_t_with_audio):
         return "duplicate_of" if audio is not False else "remix_of"
     return "sound_of" if audio else None
+
+
+def in_step(va: VideoAlignment, aa: AudioAlignment | None) -> bool:
+    """Whether picture and sound align on the same offset (within _IN_STEP_S): true of a copy, chance otherwise."""
+    return aa is not None and aa.score > 0 and abs(va.offset_s - aa.offset_s) <= _IN_STEP_S
 
 
 def video_segments(va: VideoAlignment, new_step: float, stored_step: float, frame_match: float) -> tuple:
