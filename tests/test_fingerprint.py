@@ -1,4 +1,5 @@
-"""Video fingerprint: re-encoded, cropped, trimmed and mirrored copies of a real clip match; other clips do not."""
+"""Fingerprints: the legacy fp1 print (re-encoded, cropped, trimmed, mirrored copies match) and the time-aligned
+visual and audio prints of issue 17 (hash layout, mirror mask, bars, alignment offsets, silence)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,28 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from embedder.config import DecodeConfig, LimitsConfig
+from embedder.audio_fp import (
+    align_audio,
+    audio_fingerprint,
+    audio_print_from_payload,
+    audio_print_payload,
+    sparse_hashes,
+)
+from embedder.config import DecodeConfig, DedupConfig, LimitsConfig
 from embedder.decode import decode_file
-from embedder.fingerprint import FINGERPRINT_DIM, Fingerprint, fingerprint, similarity, similarity_from_maxsim
+from embedder.fingerprint import (
+    FINGERPRINT_DIM,
+    Fingerprint,
+    align_video,
+    content_box,
+    fingerprint,
+    mirror_mask,
+    similarity,
+    similarity_from_maxsim,
+    video_fingerprint,
+    video_print_from_payload,
+    video_print_payload,
+)
 from embedder.types import MediaError
 
 # Chosen by bench/dedup.py on the sample clips at 8 frames (gap 0.798 → 0.807; bench/RESULTS.md, dedup).
@@ -132,3 +152,96 @@ def test_bad_input_is_a_media_error() -> None:
     assert e.value.reason == "bad_frames"
     with pytest.raises(MediaError):
         fingerprint(np.zeros((2, 8, 8, 3), np.uint8), [0.0])
+
+
+# ----------------------------------------------------------------------- time-aligned print and audio (issue 17)
+
+
+def grey_frames(seed: int, n: int = 24, size: int = 64) -> np.ndarray:
+    """n grey frames of smooth random blobs drifting sideways (a stand-in for `DecodedMedia.fp_frames`)."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (size // 8, size // 8 + n // 4)).astype(np.uint8))
+    big = np.asarray(small.resize((size + 2 * n, size), Image.Resampling.BICUBIC))
+    return np.stack([big[:, 2 * i : 2 * i + size] for i in range(n)])
+
+
+def test_video_print_shapes_and_mirror_mask() -> None:
+    cfg = DedupConfig()
+    frames = grey_frames(1)
+    p = video_fingerprint(frames, [i / 4 for i in range(24)], cfg)
+    assert p.bits.shape == (24, len(cfg.crops), cfg.hash_size**2 // 8) and p.bits.dtype == np.uint8
+    assert p.duration_s == pytest.approx(6.0) and p.step_s == pytest.approx(0.25)
+    # A left-right flip inverts exactly the odd horizontal frequencies: the mask turns one print into the other.
+    flipped = video_fingerprint(frames[:, :, ::-1].copy(), [i / 4 for i in range(24)], cfg)
+    np.testing.assert_array_equal(flipped.bits[:, 0] ^ mirror_mask(cfg.hash_size), p.bits[:, 0])
+
+
+def test_content_box_drops_letterbox_bars() -> None:
+    frames = grey_frames(2)
+    boxed = np.zeros((24, 64, 64), np.uint8)
+    boxed[:, 16:48] = frames[:, ::2]  # squashed to half height, black bars above and below
+    assert content_box(boxed) == (16, 48, 0, 64)
+    assert content_box(frames) == (0, 64, 0, 64)
+
+
+def test_alignment_finds_offset_and_rejects_other_frames() -> None:
+    cfg = DedupConfig()
+    frames = grey_frames(3, n=40)
+    ts = [i / 4 for i in range(40)]
+    full = video_fingerprint(frames, ts, cfg)
+    tail = video_fingerprint(frames[8:], ts[:32], cfg)  # the first 2 s cut
+    a = align_video(tail, full, cfg)
+    assert a.score > 0.95 and a.offset_s == pytest.approx(2.0, abs=0.13) and a.speed == pytest.approx(1.0, abs=0.02)
+    other = align_video(video_fingerprint(grey_frames(4, n=40), ts, cfg), full, cfg)
+    assert other.score < cfg.visual_threshold
+
+
+def chirps(seed: int, seconds: float = 6.0) -> np.ndarray:
+    """Random short tones: enough spectral peaks for landmarks, different per seed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    x = np.zeros_like(t)
+    for start in np.arange(0, seconds, 0.15):
+        seg = (t >= start) & (t < start + 0.12)
+        x[seg] += np.sin(2 * np.pi * rng.uniform(200, 4000) * t[seg])
+    return (0.3 * x).astype(np.float32)
+
+
+def test_audio_print_alignment_and_sparse_vector() -> None:
+    cfg = DedupConfig()
+    x = chirps(1)
+    full = audio_fingerprint(x, cfg)
+    assert full is not None and full.peaks.shape[1] == 2
+    assert len(full.peaks) <= cfg.audio_peaks_per_s * 7
+    cut_print = audio_fingerprint(x[16000:], cfg)  # the first second cut
+    assert cut_print is not None
+    a = align_audio(cut_print, full, cfg)
+    assert a.score > 0.5 and a.offset_s == pytest.approx(1.0, abs=0.07) and a.speed == pytest.approx(1.0)
+    assert align_audio(audio_fingerprint(chirps(2), cfg), full, cfg).score < cfg.audio_threshold  # type: ignore[arg-type]
+    idx, val = sparse_hashes(full, cfg)
+    assert idx.dtype == np.uint32 and len(idx) == len(np.unique(idx)) and val.min() >= 1
+
+
+def test_silence_and_missing_audio_have_no_print() -> None:
+    assert audio_fingerprint(None, DedupConfig()) is None
+    assert audio_fingerprint(np.zeros(32000, np.float32), DedupConfig()) is None
+    with pytest.raises(MediaError):
+        audio_fingerprint(np.zeros((2, 32000), np.float32), DedupConfig())
+    with pytest.raises(MediaError):
+        video_fingerprint(np.zeros((2, 8, 8, 3), np.uint8), [0.0, 0.25], DedupConfig())
+
+
+def test_payload_round_trip() -> None:
+    """What the index stores gives back the same prints, so stored items align exactly like fresh ones."""
+    import json
+
+    cfg = DedupConfig()
+    v = video_fingerprint(grey_frames(5), [0.125 + i / 4 for i in range(24)], cfg)
+    v2 = video_print_from_payload(json.loads(json.dumps(video_print_payload(v))))
+    np.testing.assert_array_equal(v2.bits, v.bits)
+    assert v2.timestamps_s == pytest.approx(v.timestamps_s) and v2.crops == v.crops
+    a = audio_fingerprint(chirps(3), cfg)
+    assert a is not None
+    a2 = audio_print_from_payload(json.loads(json.dumps(audio_print_payload(a))))
+    np.testing.assert_array_equal(a2.peaks, a.peaks)
+    assert align_audio(a2, a, cfg).score == pytest.approx(1.0)
