@@ -4,6 +4,7 @@ A speech gate (Silero VAD, shipped inside faster-whisper) skips Whisper for clip
 silence yields an empty transcript rather than Whisper's hallucinated filler. Whisper pads every window to 30 s,
 so short clips are transcribed several per model call (`asr.batch_mode`): `pack` puts several clips back to back
 in one stream and splits the words back by timestamp; `generate` decodes several clips' padded windows in one batch.
+`asr.backend` runs faster-whisper on CTranslate2, or on torch (embedder/asr_torch.py, the GPU path under CUDA 13).
 """
 
 from __future__ import annotations

@@ -150,9 +150,10 @@ class AsrConfig(_Section):
     speech_gate: bool = True
     min_speech_s: float = Field(0.3, ge=0)
     # Transcription across items, chosen by WER against the spoken words and speed (bench/asr.py): `pack` =
-    # up to `batch_size` clips' speech back to back in one stream (default: 8.2 % WER vs 13.1 % one by one on the
-    # samples, 4.4 vs 11.1 % with no-voice clips mixed in, 2.3-4.2x clips/s; a transcript depends on its batch
-    # mates); `none` = one clip per Whisper call (batch-independent); `generate` = batched padded windows.
+    # up to `batch_size` clips' speech back to back in one stream (default: 8.2 % WER vs 12.6 % one by one on the
+    # samples, 4.4 vs 11.1 % with no-voice clips mixed in, 8.9 vs 15.6 % with music under the voice; 2.7-5.2x
+    # clips/s; a transcript depends on its batch mates); `none` = one clip per Whisper call (batch-independent);
+    # `generate` = batched padded windows.
     batch_mode: Literal["pack", "generate", "none"] = "pack"
     batch_size: int = Field(8, ge=1)
     pack_gap_s: float = Field(1.0, ge=0)
