@@ -61,9 +61,15 @@ def make_config(tmp: Path, **env: str) -> ReelvecConfig:
     return load_config(environ=temp_env(tmp, **env))
 
 
+# ASR's shipped default (`pack`) shares Whisper windows between the clips of a batch, so a transcript can depend
+# on what it was batched with. Tests that compare items embedded in different batch compositions for exact
+# equality use the deterministic mode; test_pipeline bounds how far `pack` may differ.
+EXACT_ASR = {"REELVEC__ASR__BATCH_MODE": "none"}
+
+
 @pytest.fixture(scope="session")
 def session_cfg(tmp_path_factory: pytest.TempPathFactory) -> ReelvecConfig:
-    return make_config(tmp_path_factory.mktemp("reelvec"))
+    return make_config(tmp_path_factory.mktemp("reelvec"), **EXACT_ASR)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from serving.backfill import BackfillReport, run_backfill
 from serving.backfill.writer import WRITER_NAMESPACE, writer_name
 from serving.cli import app
 from serving.manifest import ManifestError, inspect_manifest, parse_row
-from tests.conftest import ROOT, SAMPLES, make_config, temp_env
+from tests.conftest import EXACT_ASR, ROOT, SAMPLES, make_config, temp_env
 
 # Small batches so items reach the index (and the progress stream) a few at a time.
 FAST = {
@@ -230,7 +230,7 @@ def catalogue(
     rows = good[:8] + bad + good[8:]
     manifest = _write_jsonl(tmp / "manifest.jsonl", rows)
     # Default batch sizes and two decode actors, as shipped.
-    cfg = make_config(tmp / "data", REELVEC__BACKFILL__ALLOWED_ROOTS=roots(tmp))
+    cfg = make_config(tmp / "data", REELVEC__BACKFILL__ALLOWED_ROOTS=roots(tmp), **EXACT_ASR)
     t0 = time.perf_counter()
     report = run_backfill(cfg, manifest, progress=False)
     return Catalogue(cfg, report, len(rows), expected, time.perf_counter() - t0)

@@ -1,6 +1,7 @@
 """The three ways in agree: `reelvec ingest` (ItemEmbedder in-process), the HTTP endpoint (one Serve app) and the
 Ray Data backfill store the same vectors (every named vector, `ocr` included) for the same good items, and give
-the same error reason for the same bad inputs. Each path writes its own index on the session cluster.
+the same error reason for the same bad inputs. Each path writes its own index on the session cluster. ASR runs in
+its deterministic mode here (`EXACT_ASR`); test_pipeline bounds what the default `pack` changes with the batch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from embedder.pipeline import embedding_spec
 from index.base import StoredItem
 from serving.backfill import run_backfill
 from serving.cli import app
-from tests.conftest import SAMPLES, free_port, make_config, temp_env
+from tests.conftest import EXACT_ASR, SAMPLES, free_port, make_config, temp_env
 
 # Speech + caption; speech, no caption; on-screen text over music; on-screen text, no audio; everything at once.
 GOOD = ("cooking_01", "cooking_04", "cooking_text_01", "soccer_text_02", "cooking_agree_01")
@@ -85,35 +86,25 @@ def _stored(cfg: ReelvecConfig, ids: list[str]) -> dict[str, StoredItem]:
 
 
 def _via_cli(tmp: Path, rows: list[dict[str, Any]], media: Path, bad: list[Bad]) -> tuple[dict, dict]:
-    """`reelvec ingest FOLDER --json` (captions.jsonl sidecar); a bad row that stops the folder runs alone."""
-    env = temp_env(tmp)
-    runner = CliRunner()
+    """`reelvec ingest FOLDER --json` over one folder whose captions.jsonl sidecar holds the good and bad rows: a bad
+    row is reported with its reason and never stops the others."""
+    env = temp_env(tmp, **EXACT_ASR)
     folder = tmp / "in"
     folder.mkdir()
     sidecar = []
     for r in rows:
         shutil.copy(r["path"], folder / r["file"])
         sidecar.append({"file": r["file"], "item_id": r["item_id"], "caption": r["caption"], "metadata": _meta(r)})
-    reasons: dict[str, str] = {}
-    for b in bad:
-        row = {"file": f"{b.item_id.replace('/', '_')}.mp4", "item_id": b.item_id, "caption": b.caption}
-        row["metadata"] = b.metadata
-        if b.reason in ("truncated", "not_a_video", "no_content"):  # per-item failures: same run as the good ones
-            shutil.copy(media / b.media, folder / row["file"])
-            sidecar.append(row)
-            continue
-        alone = tmp / f"alone-{len(reasons)}"
-        alone.mkdir()
-        shutil.copy(media / b.media, alone / row["file"])
-        (alone / "captions.jsonl").write_text(json.dumps(row) + "\n")
-        r = runner.invoke(app, ["ingest", str(alone), "--json"], env=env)
-        assert r.exit_code == 2, r.output
-        reasons[b.item_id] = json.loads(r.stdout)["error"]
+    for i, b in enumerate(bad):
+        row = {"file": f"bad-{i}.mp4", "item_id": b.item_id, "caption": b.caption, "metadata": b.metadata}
+        shutil.copy(media / b.media, folder / row["file"])
+        sidecar.append(row)
     (folder / "captions.jsonl").write_text("".join(json.dumps(s) + "\n" for s in sidecar))
-    r = runner.invoke(app, ["ingest", str(folder), "--json"], env=env)
+    r = CliRunner().invoke(app, ["ingest", str(folder), "--json"], env=env)
     assert r.exit_code == 2, r.output  # some items failed
     summary = json.loads(r.stdout)
-    reasons.update({f["item_id"]: f["reason"] for f in summary["failed"]})
+    assert sorted(summary["created"]) == sorted(x["item_id"] for x in rows), summary
+    reasons = {f["item_id"]: f["reason"] for f in summary["failed"]}
     return _stored(make_config(tmp), [r["item_id"] for r in rows]), reasons
 
 
@@ -123,7 +114,7 @@ def _via_http(tmp: Path, rows: list[dict[str, Any]], media: Path, bad: list[Bad]
 
     from serving.service import build_app
 
-    cfg = make_config(tmp)
+    cfg = make_config(tmp, **EXACT_ASR)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name="reelvec-paths", route_prefix="/")
@@ -156,7 +147,8 @@ def _via_backfill(tmp: Path, rows: list[dict[str, Any]], media: Path, bad: list[
         row = {"item_id": b.item_id, "uri": str(media / b.media), "caption": b.caption, "metadata": b.metadata}
         lines.insert(2 * i + 1, row)
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    cfg = make_config(tmp / "data", REELVEC__BACKFILL__ALLOWED_ROOTS=json.dumps([str(SAMPLES), str(media)]))
+    roots = json.dumps([str(SAMPLES), str(media)])
+    cfg = make_config(tmp / "data", REELVEC__BACKFILL__ALLOWED_ROOTS=roots, **EXACT_ASR)
     report = run_backfill(cfg, manifest, progress=False, max_failures=len(bad))
     assert report.written == len(rows), report.to_json()
     ledger = [json.loads(x) for x in Path(report.ledger).read_text().splitlines()]

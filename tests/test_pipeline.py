@@ -11,6 +11,7 @@ import pytest
 
 from embedder.pipeline import ItemEmbedder, embedding_spec
 from embedder.types import FUSED, ItemEmbedding, ItemFailure, ItemInput, MediaError
+from tests.conftest import make_config
 
 
 def _item(row: dict[str, Any]) -> ItemInput:
@@ -105,3 +106,36 @@ def test_schema_version_tracks_weights_and_cards(session_cfg: Any) -> None:
     other.fusion.weights = {"visual": 0.2, "caption": 0.4, "transcript": 0.4, "ocr": 0.1}
     assert embedding_spec(other).schema_version != base
     assert embedding_spec(session_cfg).schema_version == base
+
+
+def _wer(ref: str, hyp: str) -> float:
+    """Word error rate of `hyp` against `ref` (word-level edit distance / reference words)."""
+    r, h = ref.lower().split(), hyp.lower().split()
+    d = list(range(len(h) + 1))
+    for i, rw in enumerate(r, 1):
+        prev, d[0] = d[0], i
+        for j, hw in enumerate(h, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
+    return d[len(h)] / max(len(r), 1)
+
+
+def test_pack_transcripts_stay_close_across_batches(tmp_path: Path, clips: list[dict[str, Any]]) -> None:
+    """The default ASR mode (`pack`) shares Whisper windows within a batch, so the same clip embedded alone or in a
+    batch (as different paths do) may differ by a few words: bounded here; everything but the transcript is equal."""
+    emb = ItemEmbedder(make_config(tmp_path))
+    assert emb.cfg.asr.batch_mode == "pack"
+    try:
+        speech = [c for c in clips if c.get("speech")][:6]
+        items = [_item(r) for r in speech]
+        batch = emb.embed_batch(items)
+        errors = []
+        for item, b in zip(items, batch, strict=True):
+            one = emb.embed(item)
+            assert isinstance(b, ItemEmbedding) and b.modalities == one.modalities
+            errors.append(_wer(one.transcript.text, b.transcript.text))
+            for k in ("caption", "ocr", "visual"):
+                if k in one.vectors:
+                    assert np.allclose(b.vectors[k], one.vectors[k], atol=1e-5), k
+    finally:
+        emb.close()
+    assert len(errors) >= 3 and max(errors) <= 0.35 and float(np.mean(errors)) <= 0.15, errors

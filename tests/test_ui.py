@@ -1,8 +1,8 @@
 """The browser UI at /ui in a real browser: Debian's chromium driven headless by Playwright (no browser download)
 against the real Serve app on 127.0.0.1 (one app start for the module).
 
-The index is seeded in-process before the app starts, exactly as ingest will store items once the thumbnail step
-is wired (`embedder.thumbs.thumbs_payload` into the payload); one item keeps no thumbnails, as items ingested
+The index is seeded in-process before the app starts, exactly as ingest stores items (the thumbnail step puts
+`embedder.thumbs.thumbs_payload` into the payload); one item keeps no thumbnails, as items ingested
 before that step. Screenshots go to data/test-artifacts/ui/.
 """
 
@@ -25,6 +25,7 @@ from PIL import Image
 
 from embedder.config import ReelvecConfig
 from embedder.thumbs import make_thumbs, pick_frames, thumb_jpeg, thumbs_payload
+from embedder.types import ItemFailure
 from tests.conftest import CLIPS, free_port, make_config
 
 API_KEY = "ui-test-key"
@@ -78,11 +79,11 @@ class UiService:
 
 
 def _seed(cfg: ReelvecConfig, rows: dict[str, dict[str, Any]]) -> None:
-    """Embed and store the seeded clips with the library pipeline, with thumbnails in the payload."""
-    from embedder.decode import decode_file
+    """Embed and store the seeded clips with the library pipeline and the index owner, as ingest does: the
+    thumbnail step puts the JPEGs in the payload (one item keeps none, as if ingested before that step)."""
     from embedder.items import build_item
-    from embedder.pipeline import ItemEmbedder, embedding_spec
-    from index import open_index
+    from embedder.pipeline import ItemEmbedder
+    from serving.owner import IndexOwner
 
     def item(item_id: str, row: dict[str, Any]) -> Any:
         meta = {k: row[k] for k in ("hashtags", "creator_id", "created_at")}
@@ -94,18 +95,14 @@ def _seed(cfg: ReelvecConfig, rows: dict[str, dict[str, Any]]) -> None:
         copy = emb.embed_batch([item(COPY, rows["soccer_01"])])
     finally:
         emb.close()
-    spec = embedding_spec(cfg)
-    u = cfg.ui
-    with open_index(cfg.index, spec.dims, spec.schema_version) as index:
+    for e in [*originals, *copy]:
+        assert not isinstance(e, ItemFailure), e
+        if e.item_id == NO_THUMBS:
+            e.fields.clear()
+    with IndexOwner.open(cfg, emb.spec) as owner:
         for batch in (originals, copy):  # the copy is checked against the stored original: duplicate_of
-            report = index.ingest(batch, cfg.dedup)  # type: ignore[arg-type]
+            report = owner.write(batch)  # type: ignore[arg-type]
             assert not report.failed, report.failed
-        thumbs = {}
-        for item_id in [*SEEDED, COPY]:
-            if item_id != NO_THUMBS:
-                d = decode_file(rows[item_id.removesuffix("_reupload")]["path"], cfg.decode, cfg.limits)
-                thumbs[item_id] = thumbs_payload(d.frames, d.timestamps_s, u.thumbs, u.thumb_size, u.thumb_quality)
-        index.set_payload(thumbs)
 
 
 @pytest.fixture(scope="module")

@@ -150,10 +150,10 @@ def _start_ray(address: str | None) -> bool:
     cores; returns whether this call initialized Ray (and must shut it down)."""
     import ray
 
-    if ray.is_initialized():
-        return False
     check_address(address or os.environ.get("RAY_ADDRESS"))
     probe_address(address)  # one line in seconds, not Ray's 12-minute GCS retries (issue 18)
+    if ray.is_initialized():
+        return False
     with driver_cwd_is_reelvec():  # a folder named `index` here must not shadow reelvec's on the workers
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address, log_to_driver=False)
@@ -260,7 +260,6 @@ def _session(address: str | None) -> Iterator[None]:
     import ray
     from ray.data import DataContext, ExecutionResources
 
-    check_address(address)
     started = _start_ray(address)
     ctx = DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.execution_options.resource_limits
