@@ -256,7 +256,7 @@ class TorchWhisper:
         for b, tokens in enumerate(text_tokens):
             n, s = len(tokens), len(head)
             probs = logits[b, s - 1 : s - 1 + n, : v.eot].softmax(-1)
-            token_probs = probs[torch.arange(n), torch.tensor(tokens, device=probs.device)].tolist()
+            token_probs = probs[torch.arange(n), torch.tensor(tokens, dtype=torch.long, device=probs.device)].tolist()
             w = torch.stack([out.cross_attentions[layer][b, h] for layer, h in v.alignment_heads]).float()
             w = w[:, : s + n + 1, : frames[b] // 2]
             w = w / w.sum(-1, keepdim=True)  # softmax over the kept frames, as openai/whisper recomputes it
