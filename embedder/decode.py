@@ -491,9 +491,10 @@ def nvdec_usable(codec: str) -> bool:
 def _hwaccel(p: Probe, cfg: DecodeConfig) -> Any:
     """The CUDA hwaccel when `decode.device` asks for NVDEC and it works here; None for the CPU.
 
-    auto keeps keyframe sampling on the CPU: NVDEC copies each frame back to the host and ran ~3 clips/s there
-    against the CPU's 38-62 on the issue-16 probe (H200, 16 processes)."""
-    if cfg.device == "cpu" or (cfg.device == "auto" and cfg.sampling == "keyframes"):
+    auto is the CPU for both samplings, by measurement (bench/RESULTS.md gpu, H200, 16 decode processes): NVDEC
+    copies every frame back to the host and ran 2.73 clips/s exact and 3.50 keyframes-only, against the CPU's
+    11.97 and 114.11. Only an explicit `cuda` uses it."""
+    if cfg.device in ("cpu", "auto"):
         return None
     if nvdec_usable(p.video_codec):
         from av.codec.hwaccel import HWAccel
