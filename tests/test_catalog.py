@@ -272,3 +272,26 @@ def test_pull_of_a_new_card_offline_fails_cleanly(card_id: str, tmp_path: Path) 
     with pytest.raises(ModelUnavailableError) as e:
         load_model(card_id, make_config(tmp_path))
     assert e.value.reason == "missing" and f"reelvec models pull {card_id}" in e.value.detail
+
+
+def test_omni_step_runs_in_the_graph(tmp_path: Path, session_cfg: ReelvecConfig) -> None:
+    """With `models.omni` set, the graph's omni step adds an `omni` vector (frames + audio), fused like the others,
+    a new schema version, and query text reaches the omni space; unset, the step is not in the graph at all."""
+    from embedder.items import build_item
+    from embedder.pipeline import ItemEmbedder, embedding_spec
+    from tests.conftest import CLIPS, make_config
+
+    card = tiny_embeddinggemma2(tmp_path / "omni", session_cfg)
+    cfg = make_config(tmp_path, REELVEC__MODELS__OMNI__CARD=str(card), REELVEC__ASR__BATCH_MODE="none")
+    spec = embedding_spec(cfg)
+    assert spec.dims["omni"] == TINY and spec.schema_version != embedding_spec(session_cfg).schema_version
+    assert "omni" not in embedding_spec(session_cfg).dims
+    emb = ItemEmbedder(cfg)
+    try:
+        out = emb.embed(build_item("cooking_01", str(CLIPS / "cooking_01.mp4"), cfg.limits, caption="pasta"))
+        query = emb.encode_query("cooking pasta")
+    finally:
+        emb.close()
+    assert "omni" in out.modalities and out.vectors["omni"].shape == (TINY,)
+    assert out.vectors["fused"].shape == (spec.dims["fused"],) and query["omni"].shape == (TINY,)
+    assert out.models[load_card(str(card), cfg.models.cards_dir).id]
