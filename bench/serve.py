@@ -43,7 +43,7 @@ from embedder.steps import GRAPH  # noqa: E402
 
 log = logging.getLogger("bench.serve")
 APP = "reelvec-bench"
-STEP_DEPLOYMENTS = [f"step_{s.name}" for s in GRAPH.steps if not s.serial]
+STEP_DEPLOYMENTS = [f"step_{s.name}" for s in GRAPH.configured(load_config()).steps if not s.serial]
 QUERIES = ["cooking pasta", "soccer goal", "waves on the beach", "rocket launch", "chop vegetables", "stars"]
 
 
