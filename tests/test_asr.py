@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.asr import wer, words
 from embedder.asr import SAMPLE_RATE, Transcriber
 from embedder.decode import decode_file
 from embedder.factory import load_model
@@ -22,10 +22,6 @@ def _read_wav(path: Path) -> np.ndarray:
         assert w.getframerate() == 16000 and w.getnchannels() == 1
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
     return pcm.astype(np.float32) / 32768.0
-
-
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
 
 def _music(seconds: float, seed: int = 0) -> np.ndarray:
@@ -137,7 +133,7 @@ def test_batched_matches_one_by_one(asr: Transcriber, clip_audio: Any, mode: str
     audios = [clip_audio("cooking_01"), clip_audio("cooking_03")]
     one = [asr.transcribe(a) for a in audios]
     batched = asr.transcribe_batch(audios, mode=mode)
-    assert [_words(t.text) for t in batched] == [_words(t.text) for t in one]
+    assert [words(t.text) for t in batched] == [words(t.text) for t in one]
     assert all(t.speech is True and t.language == "en" for t in batched)
 
 
@@ -149,7 +145,7 @@ def test_pack_puts_words_back_on_their_clip(asr: Transcriber, clip_audio: Any, e
     assert len(encoder_calls) == 1  # three clips, one Whisper window
     own = [{"pasta", "garlic"}, {"soup", "stove"}, {"telescope", "saturn"}]
     for t, audio, mine in zip(out, audios, own, strict=True):
-        heard = set(_words(t.text))
+        heard = set(words(t.text))
         assert mine <= heard, t.text
         assert not any(other & heard for other in own if other is not mine), t.text
         duration = audio.size / SAMPLE_RATE
@@ -160,7 +156,7 @@ def test_batch_flags_and_order(asr: Transcriber, clip_audio: Any) -> None:
     audios = [clip_audio("soccer_02"), None, _music(3.0, seed=1), clip_audio("ocean_01")]
     out = asr.transcribe_batch(audios, mode="pack")
     assert [t.speech for t in out] == [True, None, False, True]
-    assert "soccer" in _words(out[0].text) and "waves" in _words(out[3].text)
+    assert "soccer" in words(out[0].text) and "waves" in words(out[3].text)
     assert out[1].text == out[2].text == ""
 
 
@@ -174,8 +170,8 @@ def test_clip_longer_than_a_window_goes_one_by_one(
     out = asr.transcribe_batch(audios, mode="pack")
     assert len(encoder_calls) == 2  # the long item alone, the two short ones packed together
     assert out[1].text == asr.transcribe(long).text
-    assert {"pasta", "goalkeeper"} <= set(_words(out[1].text))
-    assert "waves" in _words(out[0].text) and "rocket" in _words(out[2].text)
+    assert {"pasta", "goalkeeper"} <= set(words(out[1].text))
+    assert "waves" in words(out[0].text) and "rocket" in words(out[2].text)
 
 
 def test_unknown_batch_mode_is_a_config_error(asr: Transcriber) -> None:
@@ -185,21 +181,6 @@ def test_unknown_batch_mode_is_a_config_error(asr: Transcriber) -> None:
 
 
 # -- torch backend (transformers Whisper from the shipped CTranslate2 weights) ------------------------------------
-
-
-def _wer(refs: list[str], hyps: list[str]) -> float:
-    """Corpus word error rate in percent (word-level Levenshtein over all clips)."""
-
-    def distance(r: list[str], h: list[str]) -> int:
-        row = list(range(len(h) + 1))
-        for i, rw in enumerate(r, 1):
-            prev, row[0] = row[0], i
-            for j, hw in enumerate(h, 1):
-                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (rw != hw))
-        return row[-1]
-
-    edits = sum(distance(_words(r), _words(h)) for r, h in zip(refs, hyps, strict=True))
-    return 100.0 * edits / max(sum(len(_words(r)) for r in refs), 1)
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +204,7 @@ def test_torch_backend_same_words_as_faster_whisper(asr: Transcriber, torch_asr:
     ct2 = [asr.transcribe(a).text for a in audios]
     torch_out = [torch_asr.transcribe(a) for a in audios]
     assert all(t.text and t.speech is True and t.language == "en" for t in torch_out)
-    assert _wer(ct2, [t.text for t in torch_out]) <= TORCH_VS_CT2_MAX_WER, (ct2, [t.text for t in torch_out])
+    assert wer(ct2, [t.text for t in torch_out]) <= TORCH_VS_CT2_MAX_WER, (ct2, [t.text for t in torch_out])
 
 
 def test_torch_conversion_is_exact_against_ctranslate2_float32(torch_asr: Transcriber, clip_audio: Any) -> None:
@@ -247,8 +228,8 @@ def test_torch_backend_batches_with_the_speech_gate(torch_asr: Transcriber, clip
     for mode in ("pack", "generate"):
         out = torch_asr.transcribe_batch(audios, mode=mode)
         assert [t.speech for t in out] == [True, False, True], mode
-        assert {"pasta", "garlic"} <= set(_words(out[0].text)) and out[1].text == ""
-        assert {"telescope", "saturn"} <= set(_words(out[2].text)), out[2].text
+        assert {"pasta", "garlic"} <= set(words(out[0].text)) and out[1].text == ""
+        assert {"telescope", "saturn"} <= set(words(out[2].text)), out[2].text
 
 
 def test_torch_weights_are_converted_once(torch_asr: Transcriber, monkeypatch: pytest.MonkeyPatch) -> None:

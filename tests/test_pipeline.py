@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.asr import wer
 from embedder.pipeline import ItemEmbedder, embedding_spec
 from embedder.types import FUSED, ItemEmbedding, ItemFailure, ItemInput, MediaError
 from tests.conftest import make_config
@@ -108,17 +109,6 @@ def test_schema_version_tracks_weights_and_cards(session_cfg: Any) -> None:
     assert embedding_spec(session_cfg).schema_version == base
 
 
-def _wer(ref: str, hyp: str) -> float:
-    """Word error rate of `hyp` against `ref` (word-level edit distance / reference words)."""
-    r, h = ref.lower().split(), hyp.lower().split()
-    d = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, d[0] = d[0], i
-        for j, hw in enumerate(h, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
-    return d[len(h)] / max(len(r), 1)
-
-
 def test_pack_transcripts_stay_close_across_batches(tmp_path: Path, clips: list[dict[str, Any]]) -> None:
     """The default ASR mode (`pack`) shares Whisper windows within a batch, so the same clip embedded alone or in a
     batch (as different paths do) may differ by a few words: bounded here; everything but the transcript is equal."""
@@ -132,7 +122,7 @@ def test_pack_transcripts_stay_close_across_batches(tmp_path: Path, clips: list[
         for item, b in zip(items, batch, strict=True):
             one = emb.embed(item)
             assert isinstance(b, ItemEmbedding) and b.modalities == one.modalities
-            errors.append(_wer(one.transcript.text, b.transcript.text))
+            errors.append(wer([one.transcript.text], [b.transcript.text]) / 100)
             for k in ("caption", "ocr", "visual"):
                 if k in one.vectors:
                     assert np.allclose(b.vectors[k], one.vectors[k], atol=1e-5), k
