@@ -166,6 +166,13 @@ def load_steps(graph: Graph, cfg: ReelvecConfig, names: Sequence[str] | None = N
     return out
 
 
+def close_models(models: Mapping[str, Any]) -> None:
+    """Release what loaded step models hold (the decoder's worker processes); the others have nothing to close."""
+    for model in models.values():
+        if hasattr(model, "close"):
+            model.close()
+
+
 def run_steps(graph: Graph, models: Mapping[str, Any], works: Sequence[Work], cfg: ReelvecConfig) -> None:
     """Every step over these items in-process: independent steps run concurrently (threads; the models release
     the GIL), each batched across the items; a medium is dropped once every step reading it is done."""

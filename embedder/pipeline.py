@@ -17,7 +17,7 @@ from embedder.cards import load_card
 from embedder.config import LimitsConfig, ReelvecConfig
 from embedder.fingerprint import FINGERPRINT_VERSION
 from embedder.fusion import fuse
-from embedder.graph import Graph, load_steps, run_steps
+from embedder.graph import Graph, close_models, load_steps, run_steps
 from embedder.items import normalize_hashtags
 from embedder.moments import Moment, find_moments
 from embedder.steps import GRAPH
@@ -220,6 +220,4 @@ class ItemEmbedder:
         return find_moments(payloads, query, lambda t: step.documents(model, t), frames)  # type: ignore[misc]
 
     def close(self) -> None:
-        for model in self.models.values():
-            if hasattr(model, "close"):
-                model.close()
+        close_models(self.models)

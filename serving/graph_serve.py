@@ -20,7 +20,7 @@ import ray
 from ray import serve
 
 from embedder.config import ReelvecConfig, ServeConfig
-from embedder.graph import Graph, Step, load_step
+from embedder.graph import Graph, Step, close_models, load_step
 from embedder.pipeline import EmbeddingSpec, embedding_or_raise, query_vectors
 from embedder.types import ItemEmbedding, ItemInput, ModelUnavailableError
 from embedder.work import MEDIA, Work
@@ -53,7 +53,8 @@ class ModelInfo:
 
 
 async def _resolve(works: Sequence[Work], names: Sequence[str]) -> list[Work]:
-    """Copies of `works` with the media references in `names` fetched from the object store."""
+    """Copies of `works` with the media references among `names` (a step's reads) fetched from the object store."""
+    names = [n for n in names if n in MEDIA]
     refs = [(i, n, w.medium(n)) for i, w in enumerate(works) for n in names if isinstance(w.medium(n), ray.ObjectRef)]
     if not refs:
         return list(works)
@@ -79,7 +80,7 @@ class StepDeployment:
 
     async def _run(self, works: list[Work]) -> list[Work]:
         self.metrics.batch(f"{self.step.name}.run", len(works))
-        works = await _resolve(works, [m for m in self.step.reads if m in MEDIA])
+        works = await _resolve(works, self.step.reads)
         t0 = time.perf_counter()
         await asyncio.to_thread(self.step.run, self.model, works, self.cfg)
         self.metrics.stage(f"{self.step.name}_replica", (time.perf_counter() - t0) * 1000)
@@ -123,8 +124,7 @@ class StepDeployment:
         return self.model
 
     def __del__(self) -> None:
-        if hasattr(self.model, "close"):
-            self.model.close()
+        close_models({self.step.name: self.model})
 
 
 class GraphClient:

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from embedder.config import ReelvecConfig
-from embedder.graph import Graph, load_steps, run_steps
+from embedder.graph import Graph, close_models, load_steps, run_steps
 from embedder.items import json_phrase
 from embedder.pipeline import EmbeddingSpec, finish
 from embedder.types import ItemEmbedding, MediaError, ReelvecError
@@ -146,9 +146,7 @@ class StepStage:
 
     def close(self) -> None:
         """Release what the models hold (the decode worker process) now; idempotent."""
-        for model in self.models.values():
-            if hasattr(model, "close"):
-                model.close()
+        close_models(self.models)
 
     def __del__(self) -> None:
         self.close()
