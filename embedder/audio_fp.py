@@ -123,9 +123,10 @@ def landmarks(
     return h[keep].astype(np.uint32), t[a[keep]]
 
 
-def sparse_hashes(p: AudioPrint, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, values) of the sparse candidate vector: distinct landmark hashes and their counts."""
-    h, _ = landmarks(p, cfg.audio_fan_out)
+def sparse_hashes(p: AudioPrint, fan_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values) of the sparse candidate vector: distinct landmark hashes and their counts
+    (`fan_out`: `dedup.audio_fan_out`)."""
+    h, _ = landmarks(p, fan_out)
     idx, counts = np.unique(h, return_counts=True)
     return idx.astype(np.uint32), counts.astype(np.float32)
 

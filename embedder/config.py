@@ -289,20 +289,20 @@ class BackfillConfig(_Section):
 
 
 class DedupConfig(_Section):
-    """Re-upload detection at ingest: perceptual fingerprint (MaxSim over per-frame hashes) against the index."""
+    """Relations at ingest (duplicate_of / remix_of / sound_of): time-aligned visual and audio fingerprints of each
+    new item checked against the candidates the index finds for them."""
 
     enabled: bool = True
-    # Calibrated by bench/dedup.py on generated variants of the samples (re-encode, crop, trim, mirror).
-    threshold: float = Field(0.80, ge=0, le=1)
     policy: Literal["flag", "reject"] = "flag"
+    candidates: int = Field(8, ge=1, le=100)  # stored items fetched per side (visual, audio) for the exact check
     # Time-aligned fingerprints and relations (issue 17); thresholds chosen by bench/dedup.py on a dev split.
-    hash_size: int = Field(16, ge=4, le=32)  # DCT block per frame: hash_size² - 1 sign bits
+    hash_size: int = Field(16, ge=8, le=32)  # DCT block per frame: hash_size² - 1 sign bits
     crops: list[float] = Field(default_factory=lambda: [1.0, 0.88, 0.76], min_length=1)  # centred crops hashed
     max_speed_change: float = Field(0.12, ge=0, le=0.5)  # alignment searches speeds 1 ± this
     min_overlap_s: float = Field(2.0, gt=0)  # shortest aligned stretch that counts (or half the shorter clip)
     visual_threshold: float = Field(0.717, ge=0, le=1)  # mean per-frame bit agreement along the alignment
     audio_threshold: float = Field(0.161, ge=0, le=1)  # share of landmarks on the best alignment
-    visual_threshold_with_audio: float = Field(0.717, ge=0, le=1)  # the bar when audio matches in step
+    visual_threshold_with_audio: float = Field(0.692, ge=0, le=1)  # the bar when audio matches in step
     frame_match: float = Field(0.65, ge=0, le=1)  # per-frame agreement that puts a frame in a copied segment
     audio_peaks_per_s: int = Field(24, ge=1, le=200)
     audio_fan_out: int = Field(5, ge=1, le=20)

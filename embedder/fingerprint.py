@@ -6,14 +6,15 @@ per frame, the signs of a hash_size × hash_size block of low DCT frequencies (D
 alignment (offset, speed within ±max_speed_change, mirror, crop pair), so trims, small speed changes, crops and
 mirrors keep the frames in step. A mirror only flips the bits of odd horizontal frequencies, so it costs no hashing.
 
-The legacy `fingerprint`/`similarity` pair (fp1: 8 uniform frames, MaxSim over a bag of frames) stays until the
-index owner switches to the time-aligned print.
+The legacy `fingerprint`/`similarity` pair (fp1: 8 uniform frames, MaxSim over a bag of frames) is no longer stored;
+it stays as bench/dedup.py's baseline.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -43,7 +44,7 @@ class VideoPrint:
     def duration_s(self) -> float:
         return self.timestamps_s[-1] + self.step_s if self.timestamps_s else 0.0
 
-    @property
+    @cached_property
     def step_s(self) -> float:
         ts = self.timestamps_s
         return float(np.median(np.diff(ts))) if len(ts) > 1 else 0.25
@@ -141,15 +142,25 @@ def video_fingerprint(fp_frames: np.ndarray, fp_timestamps_s: list[float], cfg: 
     return VideoPrint(bits, tuple(float(t) for t in fp_timestamps_s), cfg.hash_size, tuple(cfg.crops))
 
 
+POOLED_BLOCK = 8  # the pooled vector keeps the lowest 8×8 frequencies whatever `dedup.hash_size` is
+POOLED_DIM = POOLED_BLOCK**2 - 1  # the `fp_visual` named vector's size (DC dropped)
+
+
 def pooled_vector(p: VideoPrint) -> np.ndarray:
-    """Unit float32 vector (hash_size² - 1 dims) for a dense candidate pre-filter: each DCT sign's mean over the
-    frames of the full crop, the odd horizontal frequencies folded to magnitudes so a mirror maps to the same vector."""
-    n = p.hash_size**2 - 1
-    mean = _signs(p.bits[:, 0], n).mean(axis=0)
-    odd = np.unpackbits(mirror_mask(p.hash_size))[:n].astype(bool)
+    """Unit float32 vector (POOLED_DIM) for the index's dense candidate pre-filter: each of the lowest 8×8 DCT
+    signs' mean over the frames of the full crop, odd horizontal frequencies folded to magnitudes so a mirror maps
+    to the same vector. A bag of frames on purpose: trims and speed changes leave it nearly unchanged."""
+    n = p.hash_size
+    if n < POOLED_BLOCK:
+        raise MediaError("bad_frames", f"a pooled vector needs hash_size >= {POOLED_BLOCK}")
+    signs = _signs(p.bits[:, 0], n * n - 1)
+    v, u = np.divmod(np.arange(1, n * n), n)  # frequency of each kept bit (DC dropped)
+    low = (v < POOLED_BLOCK) & (u < POOLED_BLOCK)
+    mean = signs[:, low].mean(axis=0)
+    odd = u[low] % 2 == 1
     mean[odd] = np.abs(mean[odd])
     norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else np.full(n, n**-0.5)).astype(np.float32)
+    return (mean / norm if norm > 0 else np.full(POOLED_DIM, POOLED_DIM**-0.5)).astype(np.float32)
 
 
 def _signs(packed: np.ndarray, nbits: int) -> np.ndarray:

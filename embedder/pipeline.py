@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from embedder.audio_fp import AUDIO_PRINT_VERSION
 from embedder.cards import load_card
 from embedder.config import LimitsConfig, ReelvecConfig
-from embedder.fingerprint import FINGERPRINT_VERSION
+from embedder.fingerprint import VIDEO_PRINT_VERSION
 from embedder.fusion import fuse
 from embedder.graph import Graph, close_models, load_steps, run_steps
 from embedder.items import normalize_hashtags
@@ -66,7 +67,7 @@ def embedding_spec(cfg: ReelvecConfig, graph: Graph = GRAPH) -> EmbeddingSpec:
             "dims": dims,
             "weights": weights,
             "order": [m for m in dims if m != FUSED],
-            "fingerprint": FINGERPRINT_VERSION,
+            "fingerprint": f"{VIDEO_PRINT_VERSION}+{AUDIO_PRINT_VERSION}",
         },
         sort_keys=True,
     )
@@ -122,7 +123,7 @@ def assemble(work: Work, spec: EmbeddingSpec, unavailable: Sequence[str] = ()) -
         metadata=item.metadata,
         ocr=work.ocr,
         models_unavailable=list(unavailable),
-        fingerprint=work.fingerprint,
+        prints=work.prints,
         frame_vectors=work.frame_vectors,
         fields=dict(work.fields),
     )

@@ -3,14 +3,35 @@ its sound (new visuals), or nothing; with the copied segments. Pure functions ov
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
-from embedder.audio_fp import HOP_S, AudioAlignment, AudioPrint, align_audio
+import numpy as np
+
+from embedder.audio_fp import (
+    HOP_S,
+    AudioAlignment,
+    AudioPrint,
+    align_audio,
+    audio_print_from_payload,
+    audio_print_payload,
+    sparse_hashes,
+)
 from embedder.config import DedupConfig
-from embedder.fingerprint import VideoAlignment, VideoPrint, align_video
+from embedder.fingerprint import (
+    VideoAlignment,
+    VideoPrint,
+    align_video,
+    pooled_vector,
+    video_print_from_payload,
+    video_print_payload,
+)
 
 RelationKind = Literal["duplicate_of", "remix_of", "sound_of"]
+RELATION_KINDS: tuple[RelationKind, ...] = ("duplicate_of", "remix_of", "sound_of")  # strongest first
+VIDEO_PAYLOAD, AUDIO_PAYLOAD = "vfp", "afp"  # payload keys of the stored prints (never indexed, never in hits)
 _AUDIO_GAP_S = 1.5  # matched landmarks further apart than this start a new audio segment
 _IN_STEP_S = 0.5  # visual and audio offsets this close say the picture and the sound were copied together
 
@@ -21,6 +42,45 @@ class ItemPrints:
 
     video: VideoPrint
     audio: AudioPrint | None
+    fan_out: int = 5  # `dedup.audio_fan_out` the audio hashes are made with
+
+    @classmethod
+    def of(cls, video: VideoPrint, audio: AudioPrint | None, cfg: DedupConfig) -> ItemPrints:
+        return cls(video, audio, cfg.audio_fan_out)
+
+    def payload(self) -> dict[str, object]:
+        """The stored form: both prints as compact JSON under VIDEO_PAYLOAD / AUDIO_PAYLOAD."""
+        audio = None if self.audio is None else audio_print_payload(self.audio)
+        return {VIDEO_PAYLOAD: video_print_payload(self.video), AUDIO_PAYLOAD: audio}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, object], cfg: DedupConfig) -> ItemPrints | None:
+        """The prints stored with an item; None when absent, unreadable or hashed another way (not comparable)."""
+        from embedder.audio_fp import AUDIO_PRINT_VERSION
+        from embedder.fingerprint import VIDEO_PRINT_VERSION
+
+        v, a = payload.get(VIDEO_PAYLOAD), payload.get(AUDIO_PAYLOAD)
+        try:
+            video = video_print_from_payload(v)  # type: ignore[arg-type]
+            audio = None if a is None else audio_print_from_payload(a)  # type: ignore[arg-type]
+        except (TypeError, ValueError, KeyError):
+            return None
+        same = video.version == VIDEO_PRINT_VERSION and video.hash_size == cfg.hash_size
+        return (
+            cls(video, audio, cfg.audio_fan_out)
+            if same and (audio is None or audio.version == AUDIO_PRINT_VERSION)
+            else None
+        )
+
+    @cached_property
+    def candidates(self) -> tuple[np.ndarray, tuple[list[int], list[float]] | None]:
+        """What the index searches for candidates: the pooled visual vector and the landmark-hash sparse vector
+        (computed once: the owner queries with them and the index stores them)."""
+        sparse = None
+        if self.audio is not None:
+            idx, val = sparse_hashes(self.audio, self.fan_out)
+            sparse = ([int(i) for i in idx], [float(x) for x in val]) if len(idx) else None
+        return pooled_vector(self.video), sparse
 
 
 @dataclass(frozen=True)
@@ -45,10 +105,11 @@ class Relation:
     mirrored: bool = False
     speed: float = 1.0
 
-    def to_dict(self) -> dict[str, object]:
-        """The JSON shape for a payload, an HTTP answer or `ingest --json`."""
+    def to_dict(self, of: str | None = None) -> dict[str, object]:
+        """The JSON shape for a payload, an HTTP answer or `ingest --json` (`of`: the stored item's id)."""
         return {
             "kind": self.kind,
+            "of": of,
             "visual_score": round(self.visual_score, 4),
             "audio_score": None if self.audio_score is None else round(self.audio_score, 4),
             "segments": [s.to_dict() for s in self.segments],
@@ -72,6 +133,20 @@ def relate(new: ItemPrints, stored: ItemPrints, cfg: DedupConfig) -> Relation:
     elif kind == "sound_of" and aa is not None:
         segments = audio_segments(aa)
     return Relation(kind, va.score, None if aa is None else aa.score, segments, va.mirrored, va.speed)
+
+
+def strongest(found: Mapping[str, Relation]) -> tuple[str, Relation] | None:
+    """The relation to record among those found (stored id -> relation): the strongest kind, then the best
+    score on the side that decided it; None when nothing is related."""
+    ranked = [
+        (RELATION_KINDS.index(r.kind), -(r.audio_score or 0.0) if r.kind == "sound_of" else -r.visual_score, i)
+        for i, r in found.items()
+        if r.kind is not None
+    ]
+    if not ranked:
+        return None
+    item_id = min(ranked)[2]
+    return item_id, found[item_id]
 
 
 def verdict(

@@ -15,17 +15,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedder.fingerprint import fingerprint
+from embedder.audio_fp import audio_fingerprint
+from embedder.fingerprint import video_fingerprint
 from embedder.graph import Graph, Step
 from embedder.items import validate_item
+from embedder.relations import ItemPrints
+from embedder.types import DecodedMedia
 from embedder.work import Work, guard, live, ran, timed
 
 if TYPE_CHECKING:
-    from embedder.config import ReelvecConfig
+    from embedder.config import DedupConfig, ReelvecConfig
     from embedder.decode import Decoder
 
 log = logging.getLogger(__name__)
@@ -39,12 +43,13 @@ def load_decoder(cfg: ReelvecConfig) -> Decoder:
     from embedder.pipeline import unavailable_models
 
     ocr_on = cfg.models.ocr.card not in unavailable_models(cfg)
-    return Decoder(cfg.decode, cfg.limits, ocr=cfg.ocr if ocr_on else None)
+    fp = cfg.fingerprint if cfg.dedup.enabled else None
+    return Decoder(cfg.decode, cfg.limits, ocr=cfg.ocr if ocr_on else None, fingerprint=fp)
 
 
 def decode_step(decoder: Decoder, works: Sequence[Work], cfg: ReelvecConfig) -> None:
-    """Validate, then probe + sampled frames (+ OCR frames) + 16 kHz audio, one item at a time in the killable
-    worker; then the frames' perceptual fingerprint (cheap, while the frames are at hand)."""
+    """Validate, then probe + sampled frames (+ OCR and fingerprint frames) + 16 kHz audio, one item at a time in
+    the killable worker; then the visual and audio fingerprints (cheap, while the small frames are at hand)."""
     for w in live(works):
         with guard([w], "validate"):
             validate_item(w.item, cfg.limits)
@@ -53,12 +58,19 @@ def decode_step(decoder: Decoder, works: Sequence[Work], cfg: ReelvecConfig) -> 
         with guard([w], "decode"):
             w.decoded = decoder.decode(w.item.media)
         timed([w], "decode_ms", t0)
-        if w.decoded is None or not w.decoded.frames.size:
+        if w.decoded is None or w.decoded.fp_frames is None or not len(w.decoded.fp_frames):
             continue
         t0 = time.perf_counter()
         with guard([w], "fingerprint"):
-            w.fingerprint = fingerprint(w.decoded.frames, w.decoded.timestamps_s)
+            w.prints = item_prints(w.decoded, cfg.dedup)
+        w.decoded = replace(w.decoded, fp_frames=None)  # hashed: no later step reads them
         timed([w], "fingerprint_ms", t0)
+
+
+def item_prints(decoded: DecodedMedia, cfg: DedupConfig) -> ItemPrints:
+    """The visual print of the dense grey frames and the audio print of the track (None when silent or absent)."""
+    video = video_fingerprint(decoded.fp_frames, decoded.fp_timestamps_s, cfg)  # type: ignore[arg-type]
+    return ItemPrints.of(video, audio_fingerprint(decoded.audio, cfg), cfg)
 
 
 def asr_step(asr: Any, works: Sequence[Work], cfg: ReelvecConfig) -> None:
@@ -174,7 +186,7 @@ def _card_dims(modalities: tuple[str, ...]) -> Any:
 
 GRAPH = Graph(
     (
-        Step("decode", decode_step, load=load_decoder, reads=("media", "item"), writes=("decoded", "fingerprint"),
+        Step("decode", decode_step, load=load_decoder, reads=("media", "item"), writes=("decoded", "prints"),
              produces=("frames", "ocr_frames", "audio"), serial=True),
         Step("asr", asr_step, role="asr", after=("decode",), reads=("audio",), writes=("transcript",)),
         Step("ocr", ocr_step, role="ocr", after=("decode",), reads=("ocr_frames",), writes=("ocr",)),

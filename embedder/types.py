@@ -189,12 +189,23 @@ class ItemEmbedding:
     metadata: dict[str, Any] = field(default_factory=dict)
     ocr: OcrResult = field(default_factory=OcrResult.empty)
     models_unavailable: list[str] = field(default_factory=list)  # configured cards that were not loaded
-    fingerprint: Fingerprint | None = None
+    prints: Any = None  # embedder.relations.ItemPrints: the visual and audio fingerprints, for relations
     frame_vectors: np.ndarray | None = None  # per-frame visual vectors (T×d) for moment search
-    duplicate_of: str | None = None  # set at ingest by the re-upload check
-    duplicate_score: float | None = None
+    relation: dict[str, Any] | None = None  # set at ingest: Relation.to_dict(of=stored id), the strongest found
     semantic_id: list[int] | None = None
     fields: dict[str, Any] = field(default_factory=dict)  # extra payload fields from the steps (thumbnails)
+
+    def related(self, kind: str) -> str | None:
+        """The stored item this one is `kind` of (duplicate_of, remix_of, sound_of), if that is its relation."""
+        return self.relation["of"] if self.relation and self.relation.get("kind") == kind else None
+
+    @property
+    def duplicate_of(self) -> str | None:
+        return self.related("duplicate_of")
+
+    @property
+    def duplicate_score(self) -> float | None:
+        return self.relation["visual_score"] if self.duplicate_of else None  # type: ignore[index]
 
     def to_json(self, vectors: bool = True) -> dict[str, Any]:
         """JSON-ready view (what `reelvec embed --json` prints; an upload's response is this less the vectors)."""
@@ -217,6 +228,9 @@ class ItemEmbedding:
             "models_unavailable": self.models_unavailable,
             "duplicate_of": self.duplicate_of,
             "duplicate_score": self.duplicate_score,
+            "remix_of": self.related("remix_of"),
+            "sound_of": self.related("sound_of"),
+            "relation": self.relation,
             "semantic_id": self.semantic_id,
             "schema_version": self.schema_version,
             "decoder": self.decoder,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from embedder.types import DecodedMedia, Fingerprint, ItemFailure, ItemInput, OcrResult, ReelvecError, Transcript
+from embedder.types import DecodedMedia, ItemFailure, ItemInput, OcrResult, ReelvecError, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ NO_FRAMES = np.zeros((0, 0, 0, 3), dtype=np.uint8)
 MEDIA: tuple[str, ...] = ("media", "frames", "ocr_frames", "audio")
 _EMPTY: dict[str, Any] = {"frames": NO_FRAMES, "ocr_frames": None, "audio": None}
 # What a step may write: `Work` fields merged back from a copy that ran elsewhere (a replica, a stage).
-RESULTS: tuple[str, ...] = ("decoded", "transcript", "ocr", "fingerprint", "frame_vectors", "vectors", "fields")
+RESULTS: tuple[str, ...] = ("decoded", "transcript", "ocr", "prints", "frame_vectors", "vectors", "fields")
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Work:
     decoded: DecodedMedia | None = None
     transcript: Transcript = field(default_factory=Transcript.empty)
     ocr: OcrResult = field(default_factory=OcrResult.empty)
-    fingerprint: Fingerprint | None = None
+    prints: Any = None  # embedder.relations.ItemPrints (decode step), for relations at ingest
     frame_vectors: np.ndarray | None = None
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     fields: dict[str, Any] = field(default_factory=dict)  # extra payload fields a step stores (e.g. thumbnails)

@@ -3,11 +3,13 @@
 Backends (`index.edge.EdgeIndex`, `index.qdrant.QdrantServerIndex`) implement only the `_`-prefixed hooks;
 every check on what callers pass lives here, once, so both backends refuse the same inputs the same way.
 
-Besides the dense vectors every collection has two MaxSim multivectors: `fingerprint` (the stored
-`Fingerprint.index_bits`, for re-upload detection) and `frames` (per-frame visual vectors, for moment search).
-A collection created before them gets them added in place when opened (both engines can add a named vector
-to a live collection); its old points simply lack them until re-embedded. Where the engine refuses, the
-collection works as before and only the features needing them raise `StoreError('unsupported')`.
+Besides the modalities' dense vectors every collection has auxiliary named vectors: `fp_visual` (a dense pooled
+visual fingerprint) and `fp_audio` (a sparse vector of audio landmark hashes), which only fetch candidates for
+relations (re-upload, remix, reused sound; the exact check runs on the prints in the payload), and `frames` (a
+MaxSim multivector of per-frame visual vectors, for moment search). A collection created before them gets them
+added in place when opened (both engines can add a named vector to a live collection); its old points simply lack
+them until re-embedded. Where the engine refuses, the collection works as before and only the features needing
+them raise `StoreError('unsupported')`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedder.config import IndexConfig
-from embedder.fingerprint import FINGERPRINT_DIM, INDEX_CROPS, QUERY_CROP, similarity_from_maxsim
-from embedder.types import FUSED, ConfigError, Fingerprint, ItemEmbedding, ItemFailure, StoreError
+from embedder.fingerprint import POOLED_DIM
+from embedder.relations import AUDIO_PAYLOAD, RELATION_KINDS, VIDEO_PAYLOAD
+from embedder.types import FUSED, ConfigError, ItemEmbedding, ItemFailure, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,34 @@ PAYLOAD_INDEXES: dict[str, str] = {
     "created_at_ts": "float",
     "modalities": "keyword",
     "duplicate_of": "keyword",
+    "remix_of": "keyword",
+    "sound_of": "keyword",
     "schema_seq": "integer",
 }
-# Named MaxSim multivectors (cosine per row): the stored fingerprint and the per-frame visual vectors.
-FINGERPRINT = "fingerprint"
-FRAMES = "frames"
-MULTIVECTORS: tuple[str, ...] = (FINGERPRINT, FRAMES)
+FP_VISUAL, FP_AUDIO = "fp_visual", "fp_audio"  # relation candidates: pooled visual print, audio landmark hashes
+FRAMES = "frames"  # MaxSim multivector (cosine per row) of the per-frame visual vectors
+MULTIVECTORS: tuple[str, ...] = (FRAMES,)
+AUX_VECTORS: tuple[str, ...] = (FP_VISUAL, FP_AUDIO, FRAMES)
+# Named vectors of older versions that a shard may still hold (loaded as they are, never written again).
+LEGACY_MULTIVECTORS: dict[str, int] = {"fingerprint": 192}
+
+
+@dataclass(frozen=True)
+class AuxVector:
+    """A named vector besides the modalities: a MaxSim multivector, a plain dense vector, or a sparse one."""
+
+    kind: Literal["multi", "dense", "sparse"]
+    size: int = 0  # row or vector size; 0 for sparse
+
+
+@dataclass(frozen=True)
+class SparseVec:
+    """A sparse vector as the backends write and query it (indices unique, values finite)."""
+
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+
 # The embedding-schema generation N of a version "vN-<hash>", stored so older embeddings never overwrite newer.
 SCHEMA_SEQ = "schema_seq"
 _SEQ_RE = re.compile(r"v(\d+)(?:-|$)")
@@ -78,21 +103,24 @@ HIT_FIELDS = (
     "schema_version",
     "metadata",
     "duplicate_of",
+    "remix_of",
+    "sound_of",
     "semantic_id",
 )
-# Hits carry the payload minus the (long) transcript; `get()` returns everything.
-HIT_PAYLOAD_EXCLUDE = ["transcript", CREATE_TOKEN, "thumbs"]
+# Hits carry the payload minus the (long) transcript, thumbnails and prints; `get()` all but the internal fields.
+HIT_PAYLOAD_EXCLUDE = ["transcript", CREATE_TOKEN, "thumbs", VIDEO_PAYLOAD, AUDIO_PAYLOAD]
+_INTERNAL_PAYLOAD = frozenset({CREATE_TOKEN, VIDEO_PAYLOAD, AUDIO_PAYLOAD})  # opaque: the token and the raw prints
 # The payload fields `build_payload` always writes (a step's extra fields may not replace them).
 _BASE_PAYLOAD = frozenset(
     {
         "item_id", "caption", "hashtags", "transcript", "language", "duration_s", "creator_id", "created_at",
         "created_at_ts", "speech", "segments", "ocr_text", "ocr_lines", "frame_timestamps_s", "modalities", "models",
         "models_unavailable", "schema_version", SCHEMA_SEQ, "duplicate_of", "duplicate_score", "semantic_id",
-        "metadata", CREATE_TOKEN,
+        "remix_of", "sound_of", "relation", VIDEO_PAYLOAD, AUDIO_PAYLOAD, "metadata", CREATE_TOKEN,
     }
 )  # fmt: skip
 _RETRIEVE_CHUNK = 1000
-_DUPLICATE_BATCH = 256  # fingerprints scrolled and queried per engine call in `duplicate_groups`
+_SCROLL_BATCH = 1000  # points per page when `relation_groups` reads the stored relations
 
 
 def point_id(item_id: str) -> str:
@@ -278,6 +306,10 @@ def build_payload(item: ItemEmbedding, transcript_chars: int, ocr_chars: int = 1
         SCHEMA_SEQ: schema_seq(item.schema_version),
         "duplicate_of": item.duplicate_of,
         "duplicate_score": None if item.duplicate_score is None else float(item.duplicate_score),
+        "remix_of": item.related("remix_of"),
+        "sound_of": item.related("sound_of"),
+        "relation": item.relation,
+        **(item.prints.payload() if item.prints is not None else {VIDEO_PAYLOAD: None, AUDIO_PAYLOAD: None}),
         "semantic_id": None if item.semantic_id is None else [int(c) for c in item.semantic_id],
         "metadata": dict(item.metadata),
         # Fields a step added (thumbnails); never one of the fields above.
@@ -324,15 +356,6 @@ def _seq_of(payload: Mapping[str, Any]) -> int:
     return int(seq) if isinstance(seq, int | float) and not isinstance(seq, bool) else 0
 
 
-def query_rows(index_bits: np.ndarray) -> np.ndarray | None:
-    """The query-crop rows (`frame_bits`) inside a stored `index_bits` (one block of rows per crop), or None."""
-    rows, rem = divmod(len(index_bits), len(INDEX_CROPS))
-    if rows == 0 or rem:
-        return None
-    j = INDEX_CROPS.index(QUERY_CROP)
-    return index_bits[j * rows : (j + 1) * rows]
-
-
 class _UnionFind:
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
@@ -354,19 +377,20 @@ class VectorIndex(abc.ABC):
     """One version (collection) of the item index; safe for concurrent reads, usable as a context manager."""
 
     def __init__(self, cfg: IndexConfig, dims: Mapping[str, int], version: str) -> None:
-        bad = [n for n in dims if not _VECTOR_NAME.fullmatch(str(n)) or n in (FINGERPRINT, FRAMES)]
+        reserved = (*AUX_VECTORS, *LEGACY_MULTIVECTORS)
+        bad = [n for n in dims if not _VECTOR_NAME.fullmatch(str(n)) or n in reserved]
         if bad or FUSED not in dims or any(int(d) < 1 for d in dims.values()):
             raise ValueError(
-                f"dims must map modality names (with {FUSED!r}; not {FINGERPRINT!r} or {FRAMES!r}) to sizes >= 1, "
+                f"dims must map modality names (with {FUSED!r}; none of {list(reserved)}) to sizes >= 1, "
                 f"got {dict(dims)}"
             )
         self._cfg = cfg
         # Modalities in fused-block order (the graph's), then `fused`.
         self._dims = {**{n: int(d) for n, d in dims.items() if n != FUSED}, FUSED: int(dims[FUSED])}
-        # Multivectors this collection has; a backend drops the ones its engine refused to add (see module doc).
-        self._multi = {FINGERPRINT: FINGERPRINT_DIM}
+        # Auxiliary vectors this collection has; a backend drops the ones its engine refused to add (module doc).
+        self._aux = {FP_VISUAL: AuxVector("dense", POOLED_DIM), FP_AUDIO: AuxVector("sparse")}
         if "visual" in self._dims:
-            self._multi[FRAMES] = self._dims["visual"]
+            self._aux[FRAMES] = AuxVector("multi", self._dims["visual"])
         self._version = check_version(version)
         self._collection = collection_name(cfg, version)
         self._closed = False
@@ -393,7 +417,12 @@ class VectorIndex(abc.ABC):
     @property
     def multivectors(self) -> dict[str, int]:
         """The MaxSim multivectors this collection stores (name -> row size)."""
-        return dict(self._multi)
+        return {n: a.size for n, a in self._aux.items() if a.kind == "multi"}
+
+    @property
+    def aux_vectors(self) -> dict[str, AuxVector]:
+        """Every auxiliary named vector this collection stores (fingerprint candidates, frames)."""
+        return dict(self._aux)
 
     def upsert(self, items: list[ItemEmbedding]) -> UpsertReport:
         """Validate every item first, then write the valid ones (one engine call per schema generation, whole
@@ -485,7 +514,7 @@ class VectorIndex(abc.ABC):
                 report.failed.append(ItemFailure(str(getattr(item, "item_id", "")), "index", *problem))
                 continue
             vectors = {n: np.asarray(v, dtype=np.float32) for n, v in item.vectors.items()}
-            vectors.update(self._item_multivectors(item))
+            vectors.update(self._item_aux_vectors(item))
             valid.pop(item.item_id, None)
             valid[item.item_id] = PointData(point_id(item.item_id), vectors, payload)
         for f in report.failed:
@@ -506,7 +535,7 @@ class VectorIndex(abc.ABC):
         if not records:
             raise StoreError("unknown_item", f"no item {item_id!r} in {self._collection}")
         r = records[0]
-        payload = {k: v for k, v in r.payload.items() if k != CREATE_TOKEN}
+        payload = {k: v for k, v in r.payload.items() if k not in _INTERNAL_PAYLOAD}
         return StoredItem(item_id=item_id, vectors=r.vectors, payload=payload)
 
     def search(self, vector: np.ndarray, using: str = FUSED, k: int = 10, flt: SearchFilter | None = None) -> list[Hit]:
@@ -631,37 +660,51 @@ class VectorIndex(abc.ABC):
             and not required & set(r.payload.get("models_unavailable") or ())
         }
 
-    def find_duplicates(self, fp: Fingerprint, k: int = 5, exclude_ids: Iterable[str] = ()) -> list[tuple[str, float]]:
-        """Stored items that `fp` looks like a re-upload of: (item_id, similarity in [0, 1]) best first, the
-        similarity being `embedder.fingerprint.similarity` computed by the engine's MaxSim."""
+    def relation_candidates(
+        self, visual: np.ndarray | None, audio: SparseVec | None, k: int, exclude_ids: Iterable[str] = ()
+    ) -> list[str]:
+        """Item ids that may be related to an item with these candidate vectors: the `k` nearest by the pooled
+        visual print and the `k` sharing most audio landmark hashes (one engine call; visual ones first)."""
         self._check_open()
         self._check_k(k)
-        self._require(FINGERPRINT)
-        query = getattr(fp, "frame_bits", None)
-        problem = _multivector_problem(query, FINGERPRINT_DIM)
-        if problem:
-            raise StoreError("bad_query", f"fingerprint frame_bits: {problem}")
-        q = np.asarray(query, dtype=np.float32)
-        (hits,) = self._maxsim_batch(FINGERPRINT, [q], k, filter_terms(None, extra_exclude=exclude_ids))
-        return [(h.item_id, similarity_from_maxsim(h.score, len(q))) for h in hits]
+        queries: list[tuple[str, np.ndarray | SparseVec]] = []
+        if visual is not None:
+            self._require(FP_VISUAL)
+            problem = _vector_problem(visual, POOLED_DIM)
+            if problem:
+                raise StoreError("bad_query", f"{FP_VISUAL}: {problem}")
+            queries.append((FP_VISUAL, np.asarray(visual, dtype=np.float32)))
+        if audio is not None and audio.indices:
+            self._require(FP_AUDIO)
+            queries.append((FP_AUDIO, audio))
+        results = self._search_batch(queries, k, filter_terms(None, extra_exclude=exclude_ids)) if queries else []
+        return list(dict.fromkeys(h.item_id for hits in results for h in hits))
 
-    def duplicate_groups(self, threshold: float, k: int = 10) -> list[list[str]]:
-        """Groups (sorted, >= 2 ids each) of items linked by a fingerprint similarity >= `threshold` in either
-        direction, transitively: each stored fingerprint is queried against the index (its `k` nearest)."""
+    def payloads(self, item_ids: Iterable[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        """These payload fields of the stored items among `item_ids` (one batched retrieve, no vectors)."""
         self._check_open()
-        self._check_k(k)
-        self._require(FINGERPRINT)
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
-            raise StoreError("bad_query", f"threshold must be a number in [0, 1], got {threshold!r}")
+        pids = {point_id(i): i for i in item_ids}
+        records = self._retrieve_all(list(pids), with_payload=list(fields), with_vectors=False)
+        return {pids[r.id]: dict(r.payload) for r in records}
+
+    def relation_groups(self, kinds: Iterable[str]) -> list[list[str]]:
+        """Groups (sorted, >= 2 ids each) of items linked by the relations recorded at ingest (e.g. duplicate_of,
+        remix_of), transitively; read from the payload, nothing recomputed."""
+        self._check_open()
+        kinds = list(kinds)
+        if not kinds or any(k not in RELATION_KINDS for k in kinds):
+            raise StoreError("bad_query", f"relation kinds must be among {list(RELATION_KINDS)}, got {kinds!r}")
         groups = _UnionFind()
-        for ids, stored in self._scroll_multi(FINGERPRINT, _DUPLICATE_BATCH):
-            queries = [(i, query_rows(s)) for i, s in zip(ids, stored, strict=True)]
-            queries = [(i, q) for i, q in queries if q is not None]
-            results = self._maxsim_batch(FINGERPRINT, [q for _, q in queries], k + 1, FilterTerms())
-            for (item_id, q), hits in zip(queries, results, strict=True):
-                for h in hits:
-                    if h.item_id != item_id and similarity_from_maxsim(h.score, len(q)) >= threshold:
-                        groups.union(item_id, h.item_id)
+        offset: Any = None
+        while True:
+            records, offset = self._scroll(FUSED, _SCROLL_BATCH, offset, ["item_id", *kinds], vectors=False)
+            for r in records:
+                for kind in kinds:
+                    other = r.payload.get(kind)
+                    if isinstance(other, str) and other:
+                        groups.union(str(r.payload.get("item_id", "")), other)
+            if offset is None or not records:
+                break
         members: dict[str, list[str]] = defaultdict(list)
         for item_id in list(groups.parent):
             members[groups.find(item_id)].append(item_id)
@@ -723,7 +766,7 @@ class VectorIndex(abc.ABC):
     def _scroll_multi(self, using: str, batch: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
         offset: Any = None
         while True:
-            records, offset = self._scroll(using, batch, offset)
+            records, offset = self._scroll(using, batch, offset, ["item_id"])
             pairs = [(str(r.payload.get("item_id", "")), r.vectors[using]) for r in records if using in r.vectors]
             if pairs:
                 yield [i for i, _ in pairs], [v for _, v in pairs]
@@ -775,16 +818,20 @@ class VectorIndex(abc.ABC):
             raise StoreError("bad_query", f"k must be an integer >= 1, got {k!r}")
 
     def _require(self, name: str) -> None:
-        if name not in self._multi:
+        if name not in self._aux:
             raise StoreError("unsupported", f"index {self._collection} has no {name!r} vectors")
 
-    def _item_multivectors(self, item: ItemEmbedding) -> dict[str, np.ndarray]:
-        """The item's multivectors this collection stores (validated in `_item_problem`)."""
-        fp, frames = getattr(item, "fingerprint", None), getattr(item, "frame_vectors", None)
-        out = {}
-        if fp is not None and FINGERPRINT in self._multi:
-            out[FINGERPRINT] = np.asarray(fp.index_bits, dtype=np.float32)
-        if frames is not None and FRAMES in self._multi:
+    def _item_aux_vectors(self, item: ItemEmbedding) -> dict[str, Any]:
+        """The item's auxiliary vectors this collection stores: fingerprint candidates and frames."""
+        prints, frames = getattr(item, "prints", None), getattr(item, "frame_vectors", None)
+        out: dict[str, Any] = {}
+        if prints is not None:
+            visual, audio = prints.candidates
+            if FP_VISUAL in self._aux:
+                out[FP_VISUAL] = np.asarray(visual, dtype=np.float32)
+            if audio is not None and FP_AUDIO in self._aux:
+                out[FP_AUDIO] = SparseVec(tuple(audio[0]), tuple(audio[1]))
+        if frames is not None and FRAMES in self._aux:
             out[FRAMES] = np.asarray(frames, dtype=np.float32)
         return out
 
@@ -811,11 +858,7 @@ class VectorIndex(abc.ABC):
             problem = _vector_problem(v, self._dims[name])
             if problem:
                 return "bad_vector", f"{name}: {problem}"
-        fp, frames = getattr(item, "fingerprint", None), getattr(item, "frame_vectors", None)
-        if fp is not None:
-            problem = _multivector_problem(getattr(fp, "index_bits", None), FINGERPRINT_DIM)
-            if problem:
-                return "bad_vector", f"{FINGERPRINT}: {problem}"
+        frames = getattr(item, "frame_vectors", None)
         if frames is not None:
             if "visual" not in self._dims:
                 return "unknown_vector", f"vector {FRAMES!r} is not in this index (no visual vector)"
@@ -858,15 +901,20 @@ class VectorIndex(abc.ABC):
         """Set these fields on these (existing) points, keeping their other fields."""
 
     @abc.abstractmethod
-    def _scroll(self, using: str, limit: int, offset: Any) -> tuple[list[Record], Any]:
-        """One page of points that have vector `using`: records with that vector and `item_id`, next offset."""
-
-    @abc.abstractmethod
-    def _maxsim_batch(self, using: str, queries: list[np.ndarray], k: int, terms: FilterTerms) -> list[list[Hit]]:
-        """Top-k per multivector query on multivector `using` (MaxSim of cosines), one engine call."""
+    def _scroll(
+        self, using: str, limit: int, offset: Any, payload: list[str], vectors: bool = True
+    ) -> tuple[list[Record], Any]:
+        """One page of points that have vector `using`: records with these payload fields (and that vector
+        unless `vectors` is false), and the next offset."""
 
     @abc.abstractmethod
     def _search(self, vector: np.ndarray, using: str, k: int, terms: FilterTerms) -> list[Hit]: ...
+
+    @abc.abstractmethod
+    def _search_batch(
+        self, queries: list[tuple[str, np.ndarray | SparseVec]], k: int, terms: FilterTerms
+    ) -> list[list[Hit]]:
+        """Top-k per (named vector, dense or sparse query), one engine call."""
 
     @abc.abstractmethod
     def _fused(

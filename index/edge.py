@@ -43,19 +43,22 @@ import qdrant_edge as qe
 from embedder.config import IndexConfig
 from embedder.types import StoreError
 from index.base import (
+    AUX_VECTORS,
     FRAMES,
     HIT_PAYLOAD_EXCLUDE,
-    MULTIVECTORS,
+    LEGACY_MULTIVECTORS,
     PAYLOAD_INDEXES,
     QUANTIZED_VECTORS,
     RRF_K,
     SCHEMA_SEQ,
+    AuxVector,
     FilterTerms,
     FusionMethod,
     Hit,
     PointData,
     Probe,
     Record,
+    SparseVec,
     VectorIndex,
     VectorStorage,
     check_version,
@@ -222,7 +225,8 @@ def _guard(seq: int) -> qe.Filter:
 
 def _stored_vector_names(directory: Path) -> set[str]:
     try:
-        return set(json.loads((directory / CONFIG_MARKER).read_text())["vectors"])
+        config = json.loads((directory / CONFIG_MARKER).read_text())
+        return set(config["vectors"]) | set(config.get("sparse_vectors") or {})
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.error("unreadable shard config in %s: %s", directory, e)
         raise StoreError("engine_error", "unreadable shard config") from e
@@ -245,10 +249,16 @@ def _edge_filter(terms: FilterTerms) -> qe.Filter | None:
     return qe.Filter(must=must or None, must_not=must_not or None)
 
 
+def _edge_vec(v: np.ndarray | SparseVec) -> Any:
+    # Lists, not arrays: the binding converts a list ~4x faster than it iterates a numpy array.
+    return qe.SparseVector(list(v.indices), list(v.values)) if isinstance(v, SparseVec) else v.tolist()
+
+
 def _record(r: qe.Record) -> Record:
+    dense = {n: v for n, v in (r.vector or {}).items() if not isinstance(v, qe.SparseVector)}
     return Record(
         id=str(r.id),
-        vectors={n: np.asarray(v, dtype=np.float32) for n, v in (r.vector or {}).items()},
+        vectors={n: np.asarray(v, dtype=np.float32) for n, v in dense.items()},
         payload=dict(r.payload or {}),
     )
 
@@ -270,12 +280,13 @@ class EdgeIndex(VectorIndex):
         self._lock_fd = _acquire_lock(self._dir)
         try:
             _remove_optimize_leftovers(self._dir)
-            wanted, missing = dict(self._multi), []
+            wanted, missing, self._legacy = dict(self._aux), [], {}
             if exists:
-                # Load with the multivectors the shard has (the engine refuses a config naming more); add the rest.
+                # Load with the vectors the shard has (the engine refuses a config naming more or fewer); add the rest.
                 have = _stored_vector_names(self._dir)
-                missing = [n for n in self._multi if n not in have]
-                self._multi = {n: d for n, d in self._multi.items() if n in have}
+                missing = [n for n in self._aux if n not in have]
+                self._aux = {n: a for n, a in self._aux.items() if n in have}
+                self._legacy = {n: d for n, d in LEGACY_MULTIVECTORS.items() if n in have}
             config = self._edge_config()
             try:
                 t0 = time.perf_counter()
@@ -289,7 +300,7 @@ class EdgeIndex(VectorIndex):
                 log.error("cannot open %s: %s", self._dir, e)
                 raise StoreError(reason, f"cannot open index version {version!r} ({reason.replace('_', ' ')})") from e
             try:
-                self._add_multivectors(missing, wanted)
+                self._add_aux_vectors(missing, wanted)
                 with _engine(f"payload indexes of {self._collection}"):
                     self._ensure_payload_indexes()
             except BaseException:
@@ -327,7 +338,14 @@ class EdgeIndex(VectorIndex):
             )
             for n, d in self._dims.items()
         }
-        for n, d in self._multi.items():
+        sparse = {}
+        multi = {n: a.size for n, a in self._aux.items() if a.kind == "multi"} | self._legacy
+        for n, a in self._aux.items():
+            if a.kind == "sparse":
+                sparse[n] = qe.EdgeSparseVectorParams()
+            elif a.kind == "dense":
+                vectors[n] = qe.EdgeVectorParams(size=a.size, distance=qe.Distance.Cosine, on_disk=on_disk)
+        for n, d in multi.items():
             # `frames` is only ever retrieved by id, never searched: no HNSW graph (m=0) keeps optimize cheap.
             hnsw = (
                 qe.HnswIndexConfig(m=0, ef_construct=self._cfg.hnsw_ef_construct, full_scan_threshold=10_000)
@@ -339,26 +357,32 @@ class EdgeIndex(VectorIndex):
             )
         return qe.EdgeConfig(
             vectors=vectors,
+            sparse_vectors=sparse,
             hnsw_config=qe.HnswIndexConfig(
                 m=self._cfg.hnsw_m, ef_construct=self._cfg.hnsw_ef_construct, full_scan_threshold=10_000
             ),
         )
 
-    def _add_multivectors(self, names: list[str], wanted: dict[str, int]) -> None:
-        """Give an older shard the multivectors it lacks; one the engine refuses is left out (`unsupported`)."""
+    def _add_aux_vectors(self, names: list[str], wanted: dict[str, AuxVector]) -> None:
+        """Give an older shard the auxiliary vectors it lacks; one the engine refuses is left out (`unsupported`)."""
         for name in names:
+            a = wanted[name]
             try:
-                op = qe.UpdateOperation.create_dense_vector(
-                    name, wanted[name], qe.Distance.Cosine, multivector_config=_MAXSIM
-                )
+                if a.kind == "sparse":
+                    op = qe.UpdateOperation.create_sparse_vector(name)
+                else:
+                    multi = _MAXSIM if a.kind == "multi" else None
+                    op = qe.UpdateOperation.create_dense_vector(
+                        name, a.size, qe.Distance.Cosine, multivector_config=multi
+                    )
                 self._shard.update(op)
                 self._shard.flush()
             except Exception as e:
-                log.error("cannot add multivector %r to %s, its features are unsupported: %s", name, self._dir, e)
+                log.error("cannot add vector %r to %s, its features are unsupported: %s", name, self._dir, e)
                 continue
-            self._multi[name] = wanted[name]
-            log.info("added multivector %r to %s", name, self._dir)
-        self._multi = {n: self._multi[n] for n in MULTIVECTORS if n in self._multi}
+            self._aux[name] = a
+            log.info("added vector %r to %s", name, self._dir)
+        self._aux = {n: self._aux[n] for n in AUX_VECTORS if n in self._aux}
 
     def _ensure_payload_indexes(self) -> None:
         have = set(self._shard.info().payload_schema)
@@ -370,9 +394,8 @@ class EdgeIndex(VectorIndex):
     # ---- writes ---------------------------------------------------------------------------------------
 
     def _upsert(self, points: list[PointData], insert_only: bool = False, guard_seq: int | None = None) -> None:
-        # Lists, not arrays: the binding converts a list ~4x faster than it iterates a numpy array.
         ops = qe.UpdateOperation.upsert_points(
-            [qe.Point(uuid.UUID(p.id), {n: v.tolist() for n, v in p.vectors.items()}, p.payload) for p in points],
+            [qe.Point(uuid.UUID(p.id), {n: _edge_vec(v) for n, v in p.vectors.items()}, p.payload) for p in points],
             condition=_guard(guard_seq) if guard_seq is not None else None,
             update_mode=qe.UpdateMode.InsertOnly if insert_only else None,
         )
@@ -517,33 +540,35 @@ class EdgeIndex(VectorIndex):
             )
         return [_record(r) for r in records]
 
-    def _scroll(self, using: str, limit: int, offset: Any) -> tuple[list[Record], Any]:
+    def _scroll(
+        self, using: str, limit: int, offset: Any, payload: list[str], vectors: bool = True
+    ) -> tuple[list[Record], Any]:
         request = qe.ScrollRequest(
             offset=offset,
             limit=limit,
             filter=qe.Filter(must=[qe.HasVectorCondition(using)]),
-            with_payload=["item_id"],
-            with_vector=[using],
+            with_payload=payload,
+            with_vector=[using] if vectors else False,
         )
         with self._reading(), _engine(f"scroll {self._collection}"):
             records, next_offset = self._shard.scroll(request)
         return [_record(r) for r in records], next_offset
 
-    def _maxsim_batch(self, using: str, queries: list[np.ndarray], k: int, terms: FilterTerms) -> list[list[Hit]]:
-        if not queries:
-            return []
+    def _search_batch(
+        self, queries: list[tuple[str, np.ndarray | SparseVec]], k: int, terms: FilterTerms
+    ) -> list[list[Hit]]:
         flt = _edge_filter(terms)
         batch = qe.QueryBatchRequest(
             [
                 qe.QueryRequest(
                     limit=k,
-                    query=qe.Query.Nearest(q.tolist(), using=using),
+                    query=qe.Query.Nearest(_edge_vec(v), using=using),
                     filter=flt,
                     params=self._params,
                     with_payload=["item_id"],
                     with_vector=False,
                 )
-                for q in queries
+                for using, v in queries
             ]
         )
         with self._reading(), _engine(f"query {self._collection}"):

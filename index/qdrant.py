@@ -27,19 +27,22 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from embedder.config import IndexConfig
 from embedder.types import ConfigError, StoreError
 from index.base import (
+    AUX_VECTORS,
     FRAMES,
     HIT_PAYLOAD_EXCLUDE,
-    MULTIVECTORS,
+    LEGACY_MULTIVECTORS,
     PAYLOAD_INDEXES,
     QUANTIZED_VECTORS,
     RRF_K,
     SCHEMA_SEQ,
+    AuxVector,
     FilterTerms,
     FusionMethod,
     Hit,
     PointData,
     Probe,
     Record,
+    SparseVec,
     VectorIndex,
     VectorStorage,
     collection_name,
@@ -154,8 +157,13 @@ def _guard(seq: int) -> qm.Filter:
     )
 
 
+def _server_vec(v: np.ndarray | SparseVec) -> Any:
+    return qm.SparseVector(indices=list(v.indices), values=list(v.values)) if isinstance(v, SparseVec) else v.tolist()
+
+
 def _record(r: Any) -> Record:
     vec = r.vector if isinstance(r.vector, dict) else {}
+    vec = {n: v for n, v in vec.items() if not isinstance(v, qm.SparseVector)}
     return Record(
         id=str(r.id),
         vectors={n: np.asarray(v, dtype=np.float32) for n, v in vec.items()},
@@ -233,18 +241,21 @@ class QdrantServerIndex(VectorIndex):
                 )
                 for n, d in self._dims.items()
             }
-            for n, d in self._multi.items():
-                # `frames` is only ever retrieved by id, never searched: no HNSW graph (m=0).
-                vectors[n] = qm.VectorParams(
-                    size=d,
-                    distance=qm.Distance.COSINE,
-                    on_disk=on_disk,
-                    multivector_config=_MAXSIM,
-                    hnsw_config=qm.HnswConfigDiff(m=0) if n == FRAMES else None,
-                )
+            for n, a in self._aux.items():
+                if a.kind != "sparse":
+                    # `frames` is only ever retrieved by id, never searched: no HNSW graph (m=0).
+                    vectors[n] = qm.VectorParams(
+                        size=a.size,
+                        distance=qm.Distance.COSINE,
+                        on_disk=on_disk,
+                        multivector_config=_MAXSIM if a.kind == "multi" else None,
+                        hnsw_config=qm.HnswConfigDiff(m=0) if n == FRAMES else None,
+                    )
+            sparse = {n: qm.SparseVectorParams() for n, a in self._aux.items() if a.kind == "sparse"}
             self._client.create_collection(
                 name,
                 vectors_config=vectors,
+                sparse_vectors_config=sparse,
                 hnsw_config=qm.HnswConfigDiff(m=self._cfg.hnsw_m, ef_construct=self._cfg.hnsw_ef_construct),
             )
             if not _is_local(self._client):  # local mode has no payload indexes (and warns if asked)
@@ -253,39 +264,47 @@ class QdrantServerIndex(VectorIndex):
         log.info("created collection %s with vectors %s", name, self._dims)
 
     def _check_schema(self) -> None:
-        """Dense vectors must match exactly; missing multivectors are added (or left out as unsupported)."""
+        """Dense modality vectors must match exactly; missing auxiliary vectors are added (or left out as
+        unsupported); vectors of older versions (`LEGACY_MULTIVECTORS`) are left as they are."""
         info = self._client.get_collection(self._collection)
         vectors = info.config.params.vectors
         params = vectors if isinstance(vectors, dict) else {}
-        dense = {n: p.size for n, p in params.items() if p.multivector_config is None}
-        multi = {n: p.size for n, p in params.items() if p.multivector_config is not None}
-        wrong_multi = {n: s for n, s in multi.items() if n in self._multi and s != self._multi[n]}
-        if dense != self._dims or wrong_multi:
+        have = {n: p.size for n, p in params.items()} | dict.fromkeys(info.config.params.sparse_vectors or {}, 0)
+        dense = {n: s for n, s in have.items() if n in params and n not in self._aux and n not in LEGACY_MULTIVECTORS}
+        wrong = {n: s for n, s in have.items() if n in self._aux and s != self._aux[n].size}
+        if dense != self._dims or wrong:
             raise StoreError(
                 "schema_mismatch",
-                f"collection {self._collection} has vectors {dense | multi}, caller expects {self._dims | self._multi}",
+                f"collection {self._collection} has vectors {have}, caller expects {self._dims}",
             )
-        for name, size in list(self._multi.items()):
-            if name in multi:
-                continue
-            try:
-                config = qm.DenseVectorConfig(size=size, distance=qm.Distance.COSINE, multivector_config=_MAXSIM)
-                self._client.create_vector_name(self._collection, name, qm.DenseVectorNameConfig(dense=config))
-                log.info("added multivector %r to %s", name, self._collection)
-            except Exception as e:  # an older server, or no rights to change the schema
-                log.error("cannot add multivector %r to %s (features unsupported): %s", name, self._collection, e)
-                del self._multi[name]
-        self._multi = {n: self._multi[n] for n in MULTIVECTORS if n in self._multi}
+        for name, a in list(self._aux.items()):
+            if name not in have:
+                self._add_aux_vector(name, a)
+        self._aux = {n: self._aux[n] for n in AUX_VECTORS if n in self._aux}
         if not _is_local(self._client):  # a collection from before a payload index was added to PAYLOAD_INDEXES
             for field, kind in PAYLOAD_INDEXES.items():
                 if field not in (info.payload_schema or {}):
                     self._client.create_payload_index(self._collection, field, _SCHEMA[kind], wait=True)
 
+    def _add_aux_vector(self, name: str, a: AuxVector) -> None:
+        try:
+            if a.kind == "sparse":
+                config = qm.SparseVectorNameConfig(sparse=qm.SparseVectorConfig())
+                self._client.create_vector_name(self._collection, name, config)
+            else:
+                multi = _MAXSIM if a.kind == "multi" else None
+                dense = qm.DenseVectorConfig(size=a.size, distance=qm.Distance.COSINE, multivector_config=multi)
+                self._client.create_vector_name(self._collection, name, qm.DenseVectorNameConfig(dense=dense))
+            log.info("added vector %r to %s", name, self._collection)
+        except Exception as e:  # an older server, or no rights to change the schema
+            log.error("cannot add vector %r to %s (features unsupported): %s", name, self._collection, e)
+            del self._aux[name]
+
     # ---- writes ---------------------------------------------------------------------------------------
 
     def _upsert(self, points: list[PointData], insert_only: bool = False, guard_seq: int | None = None) -> None:
         structs = [
-            qm.PointStruct(id=p.id, vector={n: v.tolist() for n, v in p.vectors.items()}, payload=p.payload)
+            qm.PointStruct(id=p.id, vector={n: _server_vec(v) for n, v in p.vectors.items()}, payload=p.payload)
             for p in points
         ]
         mode = qm.UpdateMode.INSERT_ONLY if insert_only else None
@@ -324,27 +343,29 @@ class QdrantServerIndex(VectorIndex):
             )
         return [_record(r) for r in records]
 
-    def _scroll(self, using: str, limit: int, offset: Any) -> tuple[list[Record], Any]:
+    def _scroll(
+        self, using: str, limit: int, offset: Any, payload: list[str], vectors: bool = True
+    ) -> tuple[list[Record], Any]:
         with _errors(f"scroll {self._collection}"):
             records, next_offset = self._client.scroll(
                 self._collection,
                 scroll_filter=qm.Filter(must=[qm.HasVectorCondition(has_vector=using)]),
                 limit=limit,
                 offset=offset,
-                with_payload=["item_id"],
-                with_vectors=[using],
+                with_payload=payload,
+                with_vectors=[using] if vectors else False,
             )
         return [_record(r) for r in records], next_offset
 
-    def _maxsim_batch(self, using: str, queries: list[np.ndarray], k: int, terms: FilterTerms) -> list[list[Hit]]:
-        if not queries:
-            return []
+    def _search_batch(
+        self, queries: list[tuple[str, np.ndarray | SparseVec]], k: int, terms: FilterTerms
+    ) -> list[list[Hit]]:
         flt = _server_filter(terms)
         requests = [
             qm.QueryRequest(
-                query=q.tolist(), using=using, limit=k, filter=flt, params=self._params, with_payload=["item_id"]
+                query=_server_vec(v), using=using, limit=k, filter=flt, params=self._params, with_payload=["item_id"]
             )
-            for q in queries
+            for using, v in queries
         ]
         with _errors(f"query {self._collection}"):
             responses = self._client.query_batch_points(self._collection, requests=requests)

@@ -331,6 +331,20 @@ def make_variants(src: Path, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def make_relations(src: Path, other: Path, out_dir: Path) -> dict[str, Path]:
+    """`remix`: `src`'s frames with `other`'s sound (a new voice-over); `sound`: `other`'s frames with `src`'s
+    sound (a reused sound). Name → path of the written clip."""
+    a, b = read_clip(Path(src)), read_clip(Path(other))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = {"remix": with_audio(a, b.audio, b.rate, b.layout), "sound": with_audio(b, a.audio, a.rate, a.layout)}
+    paths = {}
+    for name, clip in made.items():
+        paths[name] = out_dir / f"{Path(src).stem}_{name}.mp4"
+        write_clip(paths[name], clip)
+    return paths
+
+
 @dataclass(frozen=True)
 class FpMedia:
     """A file read for fingerprinting: T×size×size grey frames at `fps`, their times, 16 kHz mono float32 audio."""

@@ -411,12 +411,12 @@ def ingest(
                     written.failed += report.failed
                     bar.advance(task, len(results))
             created, replaced, failed = written.created, written.replaced, written.failed
-            duplicates = written.duplicates
+            relations = written.relations
             summary = {
                 "created": created,
                 "replaced": replaced,
                 "failed": [f.__dict__ for f in failed],
-                "duplicates": {i: {"duplicate_of": d, "duplicate_score": sc} for i, (d, sc) in duplicates.items()},
+                "relations": relations,
                 "count": owner.index.count(),
                 "collection": owner.index.collection,
                 "version": owner.index.version,
@@ -432,8 +432,10 @@ def ingest(
             f"indexed [bold]{len(created) + len(replaced)}[/] item(s) ({len(created)} new, {len(replaced)} replaced) "
             f"into {summary['collection']}; {summary['count']} item(s) in the index"
         )
-        for i, (orig, score) in duplicates.items():
-            out.print(f"[yellow]duplicate[/] {escape(i)} re-uploads {escape(orig)} (similarity {score:.3f})")
+        from serving.owner import relation_line
+
+        for i, rel in relations.items():
+            out.print(f"[yellow]{rel['kind']}[/] {escape(i)} → {escape(rel['of'])} ({relation_line(rel)})")
         for f in failed:
             line = f"{f.item_id or '(no id)'} at {f.stage}: {f.reason}: {' '.join(f.detail.split())}"
             say_error(f"[red]failed[/] {escape(line)}", f"failed {line}")
@@ -554,7 +556,7 @@ def show(
         check_item_id(item_id, cfg.limits)
         with _open_index(cfg, create=False) as index:
             stored = index.get(item_id)
-    # tolist(): dense vectors and multi-vectors (a list of rows, e.g. the dedup fingerprint) alike.
+    # tolist(): dense vectors and multi-vectors (a list of rows, e.g. the per-frame visual vectors) alike.
     arrays = {k: np.asarray(v) for k, v in stored.vectors.items()}
     doc = {
         "item_id": stored.item_id,
@@ -574,26 +576,48 @@ def show(
 
 
 @app.command()
-def dups(
-    threshold: Annotated[float | None, typer.Option(help="Fingerprint similarity (default dedup.threshold).")] = None,
-    config: ConfigOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """List groups of re-uploads in the index (perceptual fingerprints, MaxSim ≥ threshold)."""
+def dups(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List groups of re-uploads and remixes in the index (the relations recorded at ingest)."""
+    from serving.owner import DUPLICATE_KINDS
+
     with cli_errors(as_json):
         cfg = get_config(config)
-        limit = cfg.dedup.threshold if threshold is None else threshold
-        if not 0 <= limit <= 1:
-            raise StoreError("bad_query", "--threshold must be within 0..1")
         with _open_index(cfg, create=False) as index:
-            groups = index.duplicate_groups(limit)
+            groups = index.relation_groups(DUPLICATE_KINDS)
 
     def human() -> None:
-        out.print(f"{len(groups)} duplicate group(s) at threshold {limit:.2f}")
+        out.print(f"{len(groups)} group(s) of duplicates and remixes")
         for g in groups:
             out.print("  " + ", ".join(escape(i) for i in g))
 
-    emit({"threshold": limit, "groups": groups}, as_json, human)
+    emit({"kinds": list(DUPLICATE_KINDS), "groups": groups}, as_json, human)
+
+
+@app.command()
+def sounds(
+    item_id: Annotated[str, typer.Argument(help="The item whose sound to look for.")],
+    k: Annotated[int, typer.Option("-k", help="Most clips to list.")] = 10,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List stored clips that share an item's sound (aligned audio fingerprints), with the shared seconds."""
+    from embedder.items import check_item_id
+    from serving.owner import shared_sound
+
+    with cli_errors(as_json):
+        cfg = get_config(config)
+        check_item_id(item_id, cfg.limits)
+        _check_k(k)
+        with _open_index(cfg, create=False) as index:
+            found = shared_sound(index, item_id, cfg.dedup, k)
+
+    def human() -> None:
+        out.print(f"{len(found)} clip(s) share the sound of {escape(item_id)}")
+        for f in found:
+            spans = ", ".join(f"{s['new_s'][0]:.1f}-{s['new_s'][1]:.1f}s" for s in f["segments"]) or "-"
+            out.print(f"  {escape(f['item_id'])}  audio {f['audio_score']:.3f}  ({spans} of {escape(item_id)})")
+
+    emit({"item_id": item_id, "sounds": found}, as_json, human)
 
 
 semantic_app = typer.Typer(no_args_is_help=True, help="Semantic IDs: residual-quantization codes of items.")

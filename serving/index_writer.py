@@ -17,7 +17,7 @@ from embedder.pipeline import EmbeddingSpec
 from embedder.types import ItemEmbedding, StoreError
 from index import SearchFilter
 from serving.metrics import ServeMetrics
-from serving.owner import IndexOwner, Written
+from serving.owner import IndexOwner, Written, shared_sound
 
 log = logging.getLogger("ray.serve.reelvec")
 
@@ -130,8 +130,13 @@ class IndexWriter:
     async def count(self) -> int:
         return await self._run("count")
 
-    async def duplicate_groups(self, threshold: float) -> list[list[str]]:
-        return await self._run("duplicate_groups", threshold)
+    async def relation_groups(self, kinds: list[str]) -> list[list[str]]:
+        return await self._run("relation_groups", kinds)
+
+    async def shared_sound(self, item_id: str, k: int) -> list[dict[str, Any]]:
+        """Stored clips that share `item_id`'s sound (as `reelvec sounds`)."""
+        owner = await self._open()
+        return await asyncio.to_thread(shared_sound, owner.index, item_id, self.cfg.dedup, k)
 
     async def ping(self) -> dict[str, Any]:
         count = await self._run("count")

@@ -1,6 +1,7 @@
 """The one index owner: every write of every consumer (CLI ingest, the Serve `IndexWriter`, the backfill's
-writer actor) goes through `IndexOwner.write` — re-upload check, semantic ID, created/replaced decided by the
-engine, version guard — and comes back as one `WriteReport`. `index/` below it is storage only."""
+writer actor) goes through `IndexOwner.write` — relations (duplicate, remix, reused sound), semantic ID,
+created/replaced decided by the engine, version guard — and comes back as one `WriteReport`.
+`index/` below it is storage only."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from embedder.audio_fp import align_audio
 from embedder.config import DedupConfig, ReelvecConfig
 from embedder.pipeline import EmbeddingSpec
-from embedder.types import FUSED, ItemEmbedding, ItemFailure
+from embedder.relations import AUDIO_PAYLOAD, VIDEO_PAYLOAD, ItemPrints, Relation, audio_segments, relate, strongest
+from embedder.types import FUSED, ItemEmbedding, ItemFailure, StoreError
 from index import VectorIndex, open_index
-from index.base import FINGERPRINT
+from index.base import FP_AUDIO, FP_VISUAL, SparseVec
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +28,12 @@ class Written:
 
     item_id: str
     status: str  # created | replaced
-    duplicate_of: str | None = None
-    duplicate_score: float | None = None
+    relation: dict[str, Any] | None = None  # Relation.to_dict(of=...): the strongest relation found at ingest
     semantic_id: list[int] | None = None
+
+    @property
+    def duplicate_of(self) -> str | None:
+        return self.relation["of"] if self.relation and self.relation["kind"] == "duplicate_of" else None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -49,38 +55,80 @@ class WriteReport:
         return [w.item_id for w in self.written if w.status == "replaced"]
 
     @property
-    def duplicates(self) -> dict[str, tuple[str, float]]:
-        return {w.item_id: (w.duplicate_of, w.duplicate_score) for w in self.written if w.duplicate_of}  # type: ignore[misc]
+    def relations(self) -> dict[str, dict[str, Any]]:
+        """Item id -> its relation, for the items written with one (duplicates, remixes, reused sounds)."""
+        return {w.item_id: w.relation for w in self.written if w.relation}
 
     def to_json(self) -> dict[str, Any]:
         return {"written": [w.to_json() for w in self.written], "failed": [f.__dict__ for f in self.failed]}
 
 
-def mark_duplicates(index: VectorIndex, items: list[ItemEmbedding], threshold: float) -> dict[str, tuple[str, float]]:
-    """Set `duplicate_of` / `duplicate_score` on every item whose fingerprint matches a stored item (or an earlier
-    item of the same batch) at `threshold` or more; returns item id -> (original, score)."""
-    from embedder.fingerprint import similarity
+def stored_prints(index: VectorIndex, item_ids: list[str], cfg: DedupConfig) -> dict[str, ItemPrints]:
+    """The comparable prints stored with these items (items without prints, or hashed another way, left out)."""
+    got = index.payloads(item_ids, [VIDEO_PAYLOAD, AUDIO_PAYLOAD])
+    prints = {i: ItemPrints.from_payload(p, cfg) for i, p in got.items()}
+    return {i: p for i, p in prints.items() if p is not None}
 
-    found: dict[str, tuple[str, float]] = {}
-    seen: list[ItemEmbedding] = []
+
+def candidates(index: VectorIndex, prints: ItemPrints, k: int, exclude: str) -> list[str]:
+    """Stored items worth the exact check: nearest by the pooled visual print and by shared audio hashes."""
+    aux = index.aux_vectors
+    visual, audio = prints.candidates
+    sparse = SparseVec(tuple(audio[0]), tuple(audio[1])) if audio is not None and FP_AUDIO in aux else None
+    if FP_VISUAL not in aux and sparse is None:
+        return []
+    return index.relation_candidates(visual if FP_VISUAL in aux else None, sparse, k, exclude_ids=[exclude])
+
+
+def mark_relations(index: VectorIndex, items: list[ItemEmbedding], cfg: DedupConfig) -> None:
+    """Set each item's `relation`: the strongest one to a stored item (found through the index's candidates) or
+    to an earlier item of the same batch, checked exactly on the aligned prints."""
+    seen: dict[str, ItemPrints] = {}
     for item in items:
-        item.duplicate_of, item.duplicate_score = None, None
-        if item.fingerprint is None:
+        item.relation = None
+        if item.prints is None:
             continue
-        best: tuple[str, float] | None = None
-        if FINGERPRINT in index.multivectors:
-            hits = index.find_duplicates(item.fingerprint, k=1, exclude_ids=[item.item_id])
-            best = hits[0] if hits else None
-        for other in seen:
-            if other.item_id != item.item_id and other.fingerprint is not None:
-                score = similarity(item.fingerprint, other.fingerprint)
-                if best is None or score > best[1]:
-                    best = (other.item_id, score)
-        seen.append(item)
-        if best is not None and best[1] >= threshold:
-            item.duplicate_of, item.duplicate_score = best[0], round(float(best[1]), 4)
-            found[item.item_id] = (best[0], item.duplicate_score)
-    return found
+        others = stored_prints(index, candidates(index, item.prints, cfg.candidates, item.item_id), cfg)
+        others.update({i: p for i, p in seen.items() if i != item.item_id})
+        found: dict[str, Relation] = {i: relate(item.prints, p, cfg) for i, p in others.items()}
+        best = strongest(found)
+        if best is not None:
+            item.relation = best[1].to_dict(of=best[0])
+        seen[item.item_id] = item.prints
+
+
+DUPLICATE_KINDS = ("duplicate_of", "remix_of")  # what `reelvec dups` groups: the same visuals
+
+
+def shared_sound(index: VectorIndex, item_id: str, cfg: DedupConfig, k: int) -> list[dict[str, Any]]:
+    """Stored clips whose sound aligns with `item_id`'s (audio score >= `dedup.audio_threshold`), best first, with
+    the seconds of `item_id` they share; found through the audio-hash candidates, then checked exactly."""
+    mine = stored_prints(index, [item_id], cfg).get(item_id)
+    if item_id not in index.existing([item_id]):
+        raise StoreError("unknown_item", f"no item {item_id!r} in {index.collection}")
+    if mine is None or mine.audio is None:
+        return []
+    _, audio = mine.candidates
+    if audio is None or FP_AUDIO not in index.aux_vectors:
+        return []
+    sparse = SparseVec(tuple(audio[0]), tuple(audio[1]))
+    ids = index.relation_candidates(None, sparse, max(k, cfg.candidates), [item_id])
+    found = []
+    for other, prints in stored_prints(index, ids, cfg).items():
+        if prints.audio is None:
+            continue
+        aa = align_audio(mine.audio, prints.audio, cfg)
+        if aa.score >= cfg.audio_threshold:
+            segs = [s.to_dict() for s in audio_segments(aa)]
+            found.append({"item_id": other, "audio_score": round(aa.score, 4), "segments": segs})
+    return sorted(found, key=lambda f: -f["audio_score"])[:k]
+
+
+def relation_line(rel: dict[str, Any]) -> str:
+    """One human line for a relation: scores and the copied seconds."""
+    audio = "no audio" if rel.get("audio_score") is None else f"audio {rel['audio_score']:.3f}"
+    spans = ", ".join(f"{s['new_s'][0]:.1f}-{s['new_s'][1]:.1f}s" for s in rel.get("segments") or []) or "-"
+    return f"visual {rel['visual_score']:.3f}, {audio}; copied {spans}"
 
 
 class IndexOwner:
@@ -110,14 +158,15 @@ class IndexOwner:
             codes = self.semantic.assign(np.stack([it.vectors[FUSED] for it in items]))
             for it, row in zip(items, codes, strict=True):
                 it.semantic_id = [int(c) for c in row]
-        dups = mark_duplicates(self.index, items, self.dedup.threshold) if self.dedup.enabled else {}
+        if self.dedup.enabled:
+            mark_relations(self.index, items, self.dedup)
         report = WriteReport()
-        if self.dedup.policy == "reject" and dups:
+        dups = [it for it in items if it.duplicate_of] if self.dedup.policy == "reject" else []
+        if dups:
             report.failed = [
-                ItemFailure(i, "dedup", "duplicate", f"re-upload of {orig!r} (similarity {score:.3f})")
-                for i, (orig, score) in dups.items()
+                ItemFailure(it.item_id, "dedup", "duplicate", f"re-upload of {it.duplicate_of!r}") for it in dups
             ]
-            items = [it for it in items if it.item_id not in dups]
+            items = [it for it in items if not it.duplicate_of]
         if not items:
             return report
         stored = self.index.upsert_checked(items)
@@ -126,7 +175,7 @@ class IndexOwner:
         for item_id in stored.written:
             it = by_id[item_id]
             status = "created" if item_id in stored.created else "replaced"
-            report.written.append(Written(item_id, status, it.duplicate_of, it.duplicate_score, it.semantic_id))
+            report.written.append(Written(item_id, status, it.relation, it.semantic_id))
         return report
 
     def close(self) -> None:

@@ -270,7 +270,7 @@ def test_same_vectors_as_item_embedder(
             ref = item_embedder.embed(
                 ItemInput(clip["item_id"], clip["path"], clip["caption"], clip["hashtags"], clip["creator_id"])
             )
-            # The index adds its own multivectors (fingerprint, frames); every modality vector must match.
+            # The index adds its own auxiliary vectors (fp_visual, frames); every modality vector must match.
             assert set(ref.vectors) <= set(stored.vectors), clip["item_id"]
             for name, v in ref.vectors.items():
                 assert np.allclose(stored.vectors[name], v, atol=1e-5), (clip["item_id"], name)
@@ -585,7 +585,9 @@ def test_quality_gate_refuses_a_worse_version_and_swaps_a_good_one(
     good_cfg = make_config(tmp_path / "data", **env, REELVEC__EVAL__K="1")
     good = run_backfill(good_cfg, manifest, target_version="v-good", swap_alias=True, progress=False)
     assert good.swapped and good.gate is not None and good.gate["new_recall"] == 1.0, good.gate
-    assert good.duplicates["reupload"]["duplicate_of"] == "cooking_01"  # the re-upload check, backfill path
+    rel = good.relations["reupload"]  # the relations check, backfill path
+    assert (rel["kind"], rel["of"]) == ("duplicate_of", "cooking_01") and rel["segments"]
+    assert good.to_json()["relations"]["reupload"] == rel
     assert active_version(good_cfg.index) == "v-good"
 
     bad_cfg = make_config(tmp_path / "data", **env, REELVEC__EVAL__K="1", REELVEC__TEXT__TRANSCRIPT_MAX_CHARS="0")

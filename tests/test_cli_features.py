@@ -51,7 +51,9 @@ def test_reupload_flagged_listed_and_rejected(env: dict[str, str]) -> None:
     r = run(env, "ingest", str(variants["trim"]), "--id", "reup_trim", "--caption", "totally different words")
     assert r.exit_code == 0, r.stdout + r.stderr
     out = json.loads(r.stdout)
-    assert out["created"] == ["reup_trim"] and out["duplicates"]["reup_trim"]["duplicate_of"] == "cooking_01"
+    rel = out["relations"]["reup_trim"]
+    assert out["created"] == ["reup_trim"] and (rel["kind"], rel["of"]) == ("duplicate_of", "cooking_01")
+    assert rel["segments"] and rel["segments"][0]["stored_s"][0] >= 0.5  # the trim cut the original's first second
     shown = json.loads(run(env, "show", "reup_trim").stdout)
     assert shown["payload"]["duplicate_of"] == "cooking_01"
     assert json.loads(run(env, "show", "cooking_02").stdout)["payload"]["duplicate_of"] is None  # same topic
@@ -69,6 +71,13 @@ def test_reupload_flagged_listed_and_rejected(env: dict[str, str]) -> None:
     assert [(f["item_id"], f["reason"]) for f in failed] == [("reup_mirror", "duplicate")]
     assert "cooking_01" in failed[0]["detail"]
     assert run(env, "show", "reup_mirror").exit_code == 2  # nothing was written
+
+    human = runner.invoke(app, ["ingest", str(variants["reencode"]), "--id", "reup_small"], env=env)
+    assert human.exit_code == 0 and "duplicate_of" in human.stdout and "reup_small → cooking_01" in human.stdout
+    sounds = json.loads(run(env, "sounds", "cooking_01").stdout)
+    assert {s["item_id"] for s in sounds["sounds"]} == {"reup_trim", "reup_small"}  # copies carry its sound
+    assert all(s["audio_score"] > 0 and s["segments"] for s in sounds["sounds"])
+    assert run(env, "sounds", "no_such_item").exit_code == 2
 
 
 def test_moments_from_the_transcript_segment(env: dict[str, str]) -> None:

@@ -28,9 +28,9 @@ from serving.semantic import fit_index, load_model
 from tests.conftest import CLIPS, SAMPLES
 
 sys.path.insert(0, str(SAMPLES))
-from variants import make_variants
+from variants import make_relations, make_variants
 
-ORIGINALS = ["cooking_01", "cooking_02", "soccer_01", "space_04", "ocean_text_01", "cooking_text_01"]
+ORIGINALS = ["cooking_01", "cooking_02", "soccer_01", "soccer_02", "space_04", "ocean_text_01", "cooking_text_01"]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,8 @@ def embedded(item_embedder: ItemEmbedder, tmp_path_factory: pytest.TempPathFacto
     ]
     variants = make_variants(CLIPS / "cooking_01.mp4", tmp_path_factory.mktemp("variants"))
     items += [build_item(f"copy_{name}", str(p), limits, "a different caption") for name, p in variants.items()]
+    mixed = make_relations(CLIPS / "cooking_01.mp4", CLIPS / "soccer_02.mp4", tmp_path_factory.mktemp("mixed"))
+    items += [build_item(f"mix_{name}", str(p), limits, "a different caption") for name, p in mixed.items()]
     out = {}
     for r in item_embedder.embed_batch(items):
         assert isinstance(r, ItemEmbedding), r
@@ -60,7 +62,7 @@ def _copy(e: ItemEmbedding) -> ItemEmbedding:
     """A fresh copy (ingest marks items in place)."""
     from dataclasses import replace
 
-    return replace(e, vectors=dict(e.vectors), duplicate_of=None, duplicate_score=None, semantic_id=None)
+    return replace(e, vectors=dict(e.vectors), relation=None, semantic_id=None)
 
 
 @pytest.fixture(params=["edge", "qdrant"])
@@ -78,14 +80,46 @@ def index(request: pytest.FixtureRequest, tmp_path: Path, item_embedder: ItemEmb
 def test_reupload_is_flagged_and_a_same_topic_clip_is_not(index: VectorIndex, embedded: dict[str, Any]) -> None:
     originals = [_copy(embedded[i]) for i in ORIGINALS]
     first = _write(index, originals, DedupConfig())
-    assert not first.duplicates and sorted(first.created) == sorted(ORIGINALS)  # 4 topics, no false flags
+    assert not first.relations and sorted(first.created) == sorted(ORIGINALS)  # 4 topics, no false flags
     copies = [_copy(e) for i, e in embedded.items() if i.startswith("copy_")]
     assert len(copies) >= 4
     report = _write(index, copies, DedupConfig())
-    assert {i: d for i, (d, _) in report.duplicates.items()} == {c.item_id: "cooking_01" for c in copies}
+    assert {i: (r["kind"], r["of"]) for i, r in report.relations.items()} == {
+        c.item_id: ("duplicate_of", "cooking_01") for c in copies
+    }
     stored = index.get("copy_trim").payload
-    assert stored["duplicate_of"] == "cooking_01" and stored["duplicate_score"] >= DedupConfig().threshold
+    assert stored["duplicate_of"] == "cooking_01" and stored["duplicate_score"] >= DedupConfig().visual_threshold
+    seg = stored["relation"]["segments"][0]  # the trim cut the first second: the copy starts ~1 s into the original
+    assert seg["new_s"][0] < 0.5 and 0.5 <= seg["stored_s"][0] <= 1.5
     assert index.get("cooking_02").payload["duplicate_of"] is None  # same topic, different video
+    assert index.relation_groups(["duplicate_of", "remix_of"]) == [sorted(["cooking_01", *(c.item_id for c in copies)])]
+
+
+def test_remix_and_reused_sound_are_told_apart(index: VectorIndex, embedded: dict[str, Any]) -> None:
+    _write(index, [_copy(embedded[i]) for i in ("cooking_01", "soccer_02", "soccer_01")], DedupConfig())
+    report = _write(index, [_copy(embedded["mix_remix"]), _copy(embedded["mix_sound"])], DedupConfig())
+    got = {i: (r["kind"], r["of"]) for i, r in report.relations.items()}
+    # Same frames as cooking_01 with soccer_02's voice: a remix of cooking_01 (the sound alone would say soccer_02).
+    assert got["mix_remix"] == ("remix_of", "cooking_01")
+    # soccer_02's frames with cooking_01's voice: the visuals match soccer_02 (a remix of it, new sound); the
+    # reused-sound relation to cooking_01 is listed by `shared_sound`.
+    assert got["mix_sound"] == ("remix_of", "soccer_02")
+    stored = index.get("mix_remix").payload
+    assert stored["remix_of"] == "cooking_01" and stored["duplicate_of"] is None and stored["sound_of"] is None
+    from serving.owner import shared_sound
+
+    shared = {f["item_id"] for f in shared_sound(index, "cooking_01", DedupConfig(), 10)}
+    assert shared == {"mix_sound"}  # the clip with cooking_01's sound over other footage; not soccer_01
+
+
+def test_sound_of_names_the_clip_whose_sound_is_reused(index: VectorIndex, embedded: dict[str, Any]) -> None:
+    _write(index, [_copy(embedded[i]) for i in ("cooking_01", "soccer_01")], DedupConfig())
+    report = _write(index, [_copy(embedded["mix_sound"])], DedupConfig())  # soccer_02 is not stored
+    rel = report.relations["mix_sound"]
+    assert (rel["kind"], rel["of"]) == ("sound_of", "cooking_01") and rel["segments"]
+    assert rel["audio_score"] >= DedupConfig().audio_threshold and rel["visual_score"] < DedupConfig().visual_threshold
+    assert index.get("mix_sound").payload["sound_of"] == "cooking_01"
+    assert index.relation_groups(["duplicate_of", "remix_of"]) == []  # a reused sound is not a duplicate
 
 
 def test_reject_policy_refuses_with_the_original_named(index: VectorIndex, embedded: dict[str, Any]) -> None:

@@ -218,7 +218,7 @@ def test_audio_print_alignment_and_sparse_vector() -> None:
     a = align_audio(cut_print, full, cfg)
     assert a.score > 0.5 and a.offset_s == pytest.approx(1.0, abs=0.07) and a.speed == pytest.approx(1.0)
     assert align_audio(audio_fingerprint(chirps(2), cfg), full, cfg).score < cfg.audio_threshold  # type: ignore[arg-type]
-    idx, val = sparse_hashes(full, cfg)
+    idx, val = sparse_hashes(full, cfg.audio_fan_out)
     assert idx.dtype == np.uint32 and len(idx) == len(np.unique(idx)) and val.min() >= 1
 
 

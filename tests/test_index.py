@@ -23,6 +23,7 @@ import pytest
 from qdrant_client import QdrantClient
 
 from embedder.config import FusionConfig, IndexConfig
+from embedder.fingerprint import POOLED_DIM
 from embedder.fusion import fuse
 from embedder.types import FUSED, MODALITIES, ConfigError, ItemEmbedding, StoreError, Transcript
 from index import SearchFilter, VectorIndex, active_version, list_versions, open_index, set_active_version
@@ -465,9 +466,10 @@ def test_int8_quantization_and_on_disk_are_reported_and_search_stays_right(
     backend: Backend, corpus: list[ItemEmbedding]
 ) -> None:
     plain = backend.open(version="plain").vector_storage()
-    # Every collection also has the two MaxSim multivectors (fingerprint bits, per-frame visual), never quantized.
+    # Every collection also has the pooled visual print and the per-frame visual multivector, never quantized
+    # (the sparse audio hashes are not a dense storage).
     assert {n: (s.size, s.quantization, s.on_disk) for n, s in plain.items()} == {
-        n: (d, None, None) for n, d in {**DIMS, "fingerprint": 192, "frames": DIMS["visual"]}.items()
+        n: (d, None, None) for n, d in {**DIMS, "fp_visual": POOLED_DIM, "frames": DIMS["visual"]}.items()
     }
     backend.cfg = backend.cfg.model_copy(update={"quantization": "int8", "on_disk_vectors": True})
     index = backend.open(version="int8")

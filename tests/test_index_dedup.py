@@ -1,7 +1,9 @@
-"""Fingerprint and per-frame multivectors, duplicate lookup, payload updates and version-guarded writes, run
-against both backends (Qdrant Edge on tmp_path, qdrant-client `:memory:`).
+"""Relation candidates (pooled visual print, sparse audio hashes), stored prints and relations, per-frame
+multivectors, payload updates and version-guarded writes, run against both backends (Qdrant Edge on tmp_path,
+qdrant-client `:memory:`).
 
-Fingerprints come from real (synthetic, numpy-drawn) frames through `embedder.fingerprint`; vectors are random.
+Prints come from synthetic (numpy-drawn) grey frames and audio through `embedder.fingerprint` /
+`embedder.audio_fp`; vectors are random.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,19 @@ from PIL import Image
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from embedder.config import IndexConfig
-from embedder.fingerprint import FINGERPRINT_DIM, fingerprint, similarity
-from embedder.types import FUSED, Fingerprint, ItemEmbedding, StoreError, Transcript
+from embedder.audio_fp import audio_fingerprint
+from embedder.config import DedupConfig, IndexConfig
+from embedder.fingerprint import POOLED_DIM, video_fingerprint
+from embedder.relations import ItemPrints, relate
+from embedder.types import FUSED, ItemEmbedding, StoreError, Transcript
 from index import VectorIndex, open_index
-from index.base import collection_name, point_id
+from index.base import FP_AUDIO, FP_VISUAL, FRAMES, SparseVec, collection_name, point_id
 
 DIMS = {"visual": 12, "caption": 8, "fused": 20}
 H, W, T = 96, 128, 6
 TIMES = [float(i) for i in range(T)]
-THRESHOLD = 0.80  # the re-upload threshold tests/test_fingerprint.py uses
+DEDUP = DedupConfig()
+FP_T, FP_STEP, RATE = 24, 0.25, 16_000  # fingerprint frames: 6 s at 4 per second
 
 
 def clip(seed: int) -> np.ndarray:
@@ -64,19 +68,40 @@ def cropped(frames: np.ndarray, frac: float = 0.1) -> np.ndarray:
     )
 
 
-def fp_of(frames: np.ndarray) -> Fingerprint:
-    return fingerprint(np.ascontiguousarray(frames), TIMES)
+def grey(frames: np.ndarray, n: int = FP_T) -> np.ndarray:
+    """`n` 64×64 grey fingerprint frames cycling through `frames` (a slow pan of the drawn scene)."""
+    out = []
+    for t in range(n):
+        f = np.roll(frames[t % len(frames)], 2 * t, axis=1).mean(axis=2)
+        out.append(np.asarray(Image.fromarray(f.astype(np.uint8)).resize((64, 64), Image.Resampling.BOX)))
+    return np.stack(out)
+
+
+def sound(seed: int, seconds: float = 6.0) -> np.ndarray:
+    """16 kHz mono: a random melody of short tone bursts with harmonics (peaks a landmark print can hold)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(0.25 * RATE)) / RATE
+    notes = [
+        sum(np.sin(2 * np.pi * f * h * t) / h for h in (1, 2, 3)) * np.hanning(len(t))
+        for f in rng.uniform(200, 1500, int(seconds * 4))
+    ]
+    return (0.3 * np.concatenate(notes)).astype(np.float32)
+
+
+def prints_of(frames: np.ndarray, audio: np.ndarray | None) -> ItemPrints:
+    times = [i * FP_STEP for i in range(len(frames))]
+    return ItemPrints.of(video_fingerprint(frames, times, DEDUP), audio_fingerprint(audio, DEDUP), DEDUP)
 
 
 @pytest.fixture(scope="module")
-def fps() -> dict[str, Fingerprint]:
-    original = clip(1)
+def fps() -> dict[str, ItemPrints]:
+    original, a = clip(1), sound(1)
     return {
-        "original": fp_of(original),
-        "mirror": fp_of(original[:, :, ::-1]),
-        "crop": fp_of(cropped(original)),
-        "other": fp_of(clip(2)),
-        "third": fp_of(clip(3)),
+        "original": prints_of(grey(original), a),
+        "mirror": prints_of(np.ascontiguousarray(grey(original)[:, :, ::-1]), a),
+        "other": prints_of(grey(clip(2)), sound(3)),
+        "sound": prints_of(grey(clip(3)), a),
+        "silent": prints_of(grey(clip(4)), None),
     }
 
 
@@ -85,8 +110,9 @@ def item(
     seed: int = 0,
     *,
     schema: str = "v2-abc",
-    fp: Fingerprint | None = None,
+    fp: ItemPrints | None = None,
     frames: np.ndarray | None = None,
+    relation: dict | None = None,
 ) -> ItemEmbedding:
     rng = np.random.default_rng(seed)
     vecs = {n: rng.normal(size=d).astype(np.float32) for n, d in DIMS.items()}
@@ -105,8 +131,9 @@ def item(
         decoder="pyav",
         frame_timestamps_s=TIMES,
         timings_ms={},
-        fingerprint=fp,
+        prints=fp,
         frame_vectors=frames,
+        relation=relation,
     )
 
 
@@ -137,60 +164,69 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
         idx.close()
 
 
-# ---- fingerprints and duplicates -------------------------------------------------------------------
+# ---- relation candidates and stored prints ----------------------------------------------------------
 
 
-def test_find_duplicates_matches_similarity_and_ranks_copies_first(
-    backend: Opener, fps: dict[str, Fingerprint]
-) -> None:
+def test_candidates_find_copies_by_picture_and_by_sound(backend: Opener, fps: dict[str, ItemPrints]) -> None:
     index = backend.open()
-    stored = {"original": fps["original"], "other": fps["other"], "third": fps["third"]}
-    report = index.upsert([item(k, i, fp=f) for i, (k, f) in enumerate(stored.items())] + [item("no-fp", 9)])
-    assert report.failed == [] and len(report.written) == 4
-    for variant in ("mirror", "crop"):
-        hits = index.find_duplicates(fps[variant], k=5)
-        assert hits[0][0] == "original" and "no-fp" not in dict(hits)
-        assert len(hits) == 3
-        for item_id, score in hits:  # the engine's MaxSim maps exactly onto the fingerprint's own similarity
-            assert score == pytest.approx(similarity(fps[variant], stored[item_id]), abs=1e-4)
-        assert hits[0][1] >= THRESHOLD > hits[1][1]
-    assert "original" not in dict(index.find_duplicates(fps["mirror"], exclude_ids=["original"]))
-
-
-def test_duplicate_groups_union_copies_and_leave_distinct_clips_out(
-    backend: Opener, fps: dict[str, Fingerprint]
-) -> None:
-    index = backend.open()
-    index.upsert([item(k, i, fp=f) for i, (k, f) in enumerate(fps.items())] + [item("no-fp", 9)])
-    assert index.duplicate_groups(THRESHOLD) == [["crop", "mirror", "original"]]
-    assert index.duplicate_groups(0.999) == []  # no pair is that close: nothing grouped
+    stored = ("original", "other", "sound", "silent")
+    report = index.upsert([item(k, i, fp=fps[k]) for i, k in enumerate(stored)] + [item("no-fp", 9)])
+    assert report.failed == [] and len(report.written) == 5
+    visual, audio = fps["mirror"].candidates
+    assert audio is not None
+    by_picture = index.relation_candidates(visual, None, k=1)
+    by_sound = index.relation_candidates(None, SparseVec(tuple(audio[0]), tuple(audio[1])), k=2)
+    assert by_picture == ["original"]  # the pooled print folds a mirror away
+    assert set(by_sound) == {"original", "sound"}  # shared landmark hashes; the silent clip has none
+    assert "original" not in index.relation_candidates(visual, None, k=1, exclude_ids=["original"])
+    # The prints come back from the payload and relate exactly as the in-memory ones do.
+    got = index.payloads(["original", "no-fp"], ["vfp", "afp"])
+    back = ItemPrints.from_payload(got["original"], DEDUP)
+    assert back is not None and ItemPrints.from_payload(got["no-fp"], DEDUP) is None
+    assert relate(fps["mirror"], back, DEDUP) == relate(fps["mirror"], fps["original"], DEDUP)
+    assert relate(fps["mirror"], back, DEDUP).kind == "duplicate_of"
+    assert "vfp" not in index.get("original").payload  # raw prints stay internal
     with pytest.raises(StoreError) as e:
-        index.duplicate_groups(1.5)
+        index.relation_candidates(np.ones(POOLED_DIM + 1, np.float32), None, k=3)
     assert e.value.reason == "bad_query"
 
 
-def test_bad_fingerprint_and_frames_fail_the_item_not_the_batch(backend: Opener, fps: dict[str, Fingerprint]) -> None:
+def test_relation_groups_follow_recorded_relations(backend: Opener) -> None:
     index = backend.open()
-    fp = fps["original"]
-    wrong_dim = replace(fp, index_bits=np.ones((3, FINGERPRINT_DIM - 1), np.float32))
+    rel = lambda kind, of: {"kind": kind, "of": of, "visual_score": 0.9, "audio_score": None, "segments": []}  # noqa: E731
+    index.upsert(
+        [
+            item("a", 1),
+            item("a_copy", 2, relation=rel("duplicate_of", "a")),
+            item("a_remix", 3, relation=rel("remix_of", "a_copy")),
+            item("b", 4),
+            item("b_sound", 5, relation=rel("sound_of", "b")),
+        ]
+    )
+    assert index.relation_groups(["duplicate_of", "remix_of"]) == [["a", "a_copy", "a_remix"]]
+    assert index.relation_groups(["sound_of"]) == [["b", "b_sound"]]
+    assert index.get("a_remix").payload["remix_of"] == "a_copy" and index.get("a_remix").payload["duplicate_of"] is None
+    with pytest.raises(StoreError) as e:
+        index.relation_groups(["similar_to"])
+    assert e.value.reason == "bad_query"
+
+
+def test_bad_frames_fail_the_item_not_the_batch(backend: Opener, fps: dict[str, ItemPrints]) -> None:
+    index = backend.open()
     nan_frames = np.ones((T, DIMS["visual"]), np.float32)
     nan_frames[2, 0] = np.nan
     report = index.upsert(
         [
-            item("bad-fp", fp=wrong_dim),
             item("bad-frames-dim", frames=np.ones((T, DIMS["visual"] + 1), np.float32)),
             item("nan-frames", frames=nan_frames),
             item("zero-row", frames=np.zeros((T, DIMS["visual"]), np.float32)),
-            item("ok", fp=fp),
+            item("ok", fp=fps["original"]),
         ]
     )
     assert report.written == ["ok"]
     assert {f.item_id: f.reason for f in report.failed} == dict.fromkeys(
-        ["bad-fp", "bad-frames-dim", "nan-frames", "zero-row"], "bad_vector"
+        ["bad-frames-dim", "nan-frames", "zero-row"], "bad_vector"
     )
-    with pytest.raises(StoreError) as e:
-        index.find_duplicates(replace(fp, frame_bits=np.ones((2, 5), np.float32)))
-    assert e.value.reason == "bad_query"
 
 
 # ---- per-frame vectors, payload updates, scrolling ---------------------------------------------------
@@ -316,14 +352,20 @@ def test_racing_old_and_new_schema_writers_leave_only_new(backend: Opener) -> No
 # ---- collections from before the multivectors -------------------------------------------------------
 
 
-def _old_collection(backend: Opener, version: str) -> None:
-    """Create `version` the way the index did before the fingerprint/frames multivectors, with one point."""
+def _old_collection(backend: Opener, version: str, legacy: bool = False) -> None:
+    """Create `version` the way the index did before its auxiliary vectors, with one point; `legacy`: with the
+    round-2 `fingerprint` MaxSim multivector, which later versions no longer write."""
     name = collection_name(backend.cfg, version)
     vec = {n: [1.0] * d for n, d in DIMS.items()}
     pid = point_id("old")
     if backend.name == "edge":
         path = Path(backend.cfg.path) / name
         params = {n: qe.EdgeVectorParams(size=d, distance=qe.Distance.Cosine) for n, d in DIMS.items()}
+        if legacy:
+            maxsim = qe.MultiVectorConfig(comparator=qe.MultiVectorComparator.MaxSim)
+            params["fingerprint"] = qe.EdgeVectorParams(
+                size=192, distance=qe.Distance.Cosine, multivector_config=maxsim
+            )
         shard = qe.EdgeShard.create(str(path), qe.EdgeConfig(vectors=params))
         shard.update(qe.UpdateOperation.upsert_points([qe.Point(pid, vec, {"item_id": "old"})]))
         shard.flush()
@@ -331,22 +373,27 @@ def _old_collection(backend: Opener, version: str) -> None:
     else:
         assert backend.client is not None
         params = {n: qm.VectorParams(size=d, distance=qm.Distance.COSINE) for n, d in DIMS.items()}
+        if legacy:
+            maxsim = qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM)
+            params["fingerprint"] = qm.VectorParams(size=192, distance=qm.Distance.COSINE, multivector_config=maxsim)
         backend.client.create_collection(name, vectors_config=params)
         backend.client.upsert(name, [qm.PointStruct(id=pid, vector=vec, payload={"item_id": "old"})])
 
 
-def test_old_collection_gets_the_multivectors_on_open(backend: Opener, fps: dict[str, Fingerprint]) -> None:
-    _old_collection(backend, "v2-old")
+@pytest.mark.parametrize("legacy", [False, True], ids=["plain", "with-fp1-multivector"])
+def test_old_collection_gets_the_aux_vectors_on_open(backend: Opener, fps: dict[str, ItemPrints], legacy: bool) -> None:
+    _old_collection(backend, "v2-old", legacy)
     index = backend.open("v2-old")
-    assert index.multivectors == {"fingerprint": FINGERPRINT_DIM, "frames": DIMS["visual"]}
-    assert index.count() == 1 and index.find_duplicates(fps["original"]) == []
+    assert set(index.aux_vectors) == {FP_VISUAL, FP_AUDIO, FRAMES} and index.multivectors == {FRAMES: DIMS["visual"]}
+    visual, _ = fps["mirror"].candidates
+    assert index.count() == 1 and index.relation_candidates(visual, None, k=3) == []
     index.upsert([item("new", 1, fp=fps["original"])])
-    assert [i for i, _ in index.find_duplicates(fps["mirror"])] == ["new"]
+    assert index.relation_candidates(visual, None, k=3) == ["new"]
     assert index.upsert([item("old", 2, schema="v1-x")]).written == ["old"]  # unversioned point: replaceable
 
 
-def test_engine_refusing_new_multivectors_makes_features_unsupported(
-    backend: Opener, fps: dict[str, Fingerprint], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_engine_refusing_new_vectors_makes_features_unsupported(
+    backend: Opener, fps: dict[str, ItemPrints], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _old_collection(backend, "v2-old")
     secret = "/srv/secret/path"
@@ -356,15 +403,17 @@ def test_engine_refusing_new_multivectors_makes_features_unsupported(
 
     if backend.name == "edge":
         monkeypatch.setattr(qe.UpdateOperation, "create_dense_vector", refuse)
+        monkeypatch.setattr(qe.UpdateOperation, "create_sparse_vector", refuse)
     else:
         assert backend.client is not None
         monkeypatch.setattr(backend.client, "create_vector_name", refuse)
     caplog.set_level(logging.ERROR, logger="index")
     index = backend.open("v2-old")
-    assert index.multivectors == {}
+    assert index.aux_vectors == {}
     report = index.upsert([item("new", 1, fp=fps["original"], frames=np.ones((T, DIMS["visual"]), np.float32))])
-    assert report.written == ["new"] and "fingerprint" not in index.get("new").vectors
-    for call in (lambda: index.find_duplicates(fps["original"]), lambda: index.frame_vectors(["new"])):
+    assert report.written == ["new"] and FP_VISUAL not in index.get("new").vectors
+    visual, _ = fps["original"].candidates
+    for call in (lambda: index.relation_candidates(visual, None, k=3), lambda: index.frame_vectors(["new"])):
         with pytest.raises(StoreError) as e:
             call()
         assert e.value.reason == "unsupported" and secret not in e.value.detail and "/" not in e.value.detail

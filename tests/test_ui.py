@@ -334,6 +334,11 @@ def test_ui_routes(ui_service: UiService) -> None:
     assert http.get("/v1/items/nope/thumbs/0").json()["error"] == "unknown_item"
     stored = http.get("/v1/items/cooking_01").json()["payload"]
     assert base64.b64decode(stored["thumbs"][0]) == r.content
-    assert http.get("/v1/duplicates", params={"threshold": 2}).status_code == 400
+    dups = http.get("/v1/duplicates").json()
+    assert dups["kinds"] == ["duplicate_of", "remix_of"] and ["soccer_01", COPY] in dups["groups"]
+    sounds = http.get("/v1/items/soccer_01/sounds").json()["sounds"]
+    assert [s["item_id"] for s in sounds] == [COPY] and sounds[0]["segments"]  # the copy carries its sound
+    assert http.get("/v1/items/nope/sounds").json()["error"] == "unknown_item"
+    assert http.get("/v1/items/soccer_01/sounds", params={"k": 0}).status_code == 400
     assert http.get("/v1/report").json() == {"available": False, "files": []}
     assert http.get("/v1/report/index.html").status_code == 404

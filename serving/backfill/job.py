@@ -318,7 +318,7 @@ def _execute(run: _Run, ds: Any, on_row: Callable[[dict[str, Any]], None] | None
 
 
 def _finalize(run: _Run, swap_alias: bool) -> None:
-    """Optimize, count, collect duplicates and, when asked and allowed (failures, quality gate), swap the alias."""
+    """Optimize, count, collect relations and, when asked and allowed (failures, quality gate), swap the alias."""
     report, writer = run.report, run.writer
     t0 = time.perf_counter()
     call(writer.optimize.remote())
@@ -326,10 +326,7 @@ def _finalize(run: _Run, swap_alias: bool) -> None:
     report.index_count = call(writer.count.remote())
     report.failures = dict(run.failures)
     report.stage_s = {k: v / 1000 for k, v in run.stage_ms.items()}
-    report.duplicates = {
-        i: {"duplicate_of": orig, "duplicate_score": score}
-        for i, (orig, score) in call(writer.duplicates.remote()).items()
-    }
+    report.relations = call(writer.relations.remote())
     if swap_alias:
         if report.exit_code != 0:
             log.warning("alias NOT swapped: %d failures > max_failures=%d", report.failed, report.max_failures)

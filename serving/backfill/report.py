@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from embedder.relations import RELATION_KINDS
+
 # `--swap-alias` ran within --max-failures but the quality gate refused the swap: automation must tell this apart
 # from "swapped" (0) and from "too many failures" (1).
 EXIT_GATE_REFUSED = 5
@@ -31,7 +33,7 @@ class BackfillReport:
     alias_version: str | None = None
     swapped: bool = False
     unavailable_models: list[str] = field(default_factory=list)
-    duplicates: dict[str, Any] = field(default_factory=dict)  # item id -> {duplicate_of, duplicate_score}
+    relations: dict[str, Any] = field(default_factory=dict)  # item id -> relation (kind, of, scores, segments)
     gate: dict[str, Any] | None = None  # the quality gate's decision on --swap-alias (serving.evaluation)
 
     @property
@@ -81,7 +83,7 @@ class BackfillReport:
             "alias_version": self.alias_version,
             "swapped": self.swapped,
             "unavailable_models": self.unavailable_models,
-            "duplicates": self.duplicates,
+            "relations": self.relations,
             "gate": self.gate,
             "hints": self.hints,
             "exit_code": self.exit_code,
@@ -114,8 +116,10 @@ class BackfillReport:
         info.add_row("alias", alias)
         if self.gate is not None:
             info.add_row("quality gate", f"{'swap' if self.gate.get('swap') else 'REFUSED'}: {self.gate['reason']}")
-        if self.duplicates:
-            info.add_row("re-uploads", ", ".join(f"{i} → {d['duplicate_of']}" for i, d in self.duplicates.items()))
+        for kind in RELATION_KINDS:
+            found = [f"{i} → {r['of']}" for i, r in self.relations.items() if r["kind"] == kind]
+            if found:
+                info.add_row(kind, ", ".join(found))
         info.add_row("index count", str(self.index_count))
         if self.failed:
             info.add_row("ledger", f"{self.ledger} (max failures {self.max_failures})")

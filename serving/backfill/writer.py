@@ -55,7 +55,7 @@ class BackfillWriter:
         schema_version = self.schema_version = spec.schema_version
         self.available = available or []  # card ids loadable now: a stored item embedded without one is redone
         self.claimed: set[str] = set()
-        self.found_duplicates: dict[str, tuple[str, float]] = {}
+        self.found_relations: dict[str, dict[str, Any]] = {}
         # Kept and raised by `version()`: an error raised here would reach the driver as an opaque ActorDiedError.
         self.error: ReelvecError | None = None
         deadline = time.monotonic() + cfg.index.timeout_s
@@ -99,7 +99,7 @@ class BackfillWriter:
     def write(self, items: list[ItemEmbedding]) -> WriteReport:
         """Write one batch through the index owner (flushed by the index); what happened to each item."""
         report = self.owner.write(items)
-        self.found_duplicates.update(report.duplicates)
+        self.found_relations.update(report.relations)
         return report
 
     def count(self) -> int:
@@ -118,9 +118,9 @@ class BackfillWriter:
         with open_index(self.cfg.index, self.spec.dims, self.schema_version, version=version, create=False) as other:
             return evaluate_vectors(other, fused, queries, k)
 
-    def duplicates(self) -> dict[str, tuple[str, float]]:
-        """Re-uploads this run flagged (item id → the stored original and its similarity)."""
-        return dict(self.found_duplicates)
+    def relations(self) -> dict[str, dict[str, Any]]:
+        """Relations this run found (item id → duplicate_of / remix_of / sound_of with scores and segments)."""
+        return dict(self.found_relations)
 
     def swap_alias(self) -> None:
         from index import set_active_version

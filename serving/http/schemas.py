@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from embedder.items import json_phrase, load_json
+from embedder.relations import RELATION_KINDS
 from index import SearchFilter
 
 if TYPE_CHECKING:
@@ -40,6 +41,23 @@ def _drop_empty(data: Any) -> Any:
     return out
 
 
+class CopiedSegmentModel(BaseModel):
+    new_s: list[float] = Field(description="[start, end] seconds of the new clip.")
+    stored_s: list[float] = Field(description="[start, end] seconds of the stored clip they copy.")
+
+
+class RelationModel(BaseModel):
+    """How an upload relates to a stored item (`reelvec` README: relations)."""
+
+    kind: Literal["duplicate_of", "remix_of", "sound_of"]
+    of: str = Field(description="The stored item.")
+    visual_score: float = Field(description="Mean per-frame fingerprint agreement on the best alignment (0..1).")
+    audio_score: float | None = Field(description="Share of audio landmarks on the best alignment; null: no audio.")
+    segments: list[CopiedSegmentModel]
+    mirrored: bool
+    speed: float = Field(description="Playback speed of the new clip relative to the stored one.")
+
+
 class UploadResponse(BaseModel):
     """What `POST /v1/items` returns: 201 `created` or 200 `replaced`."""
 
@@ -55,8 +73,11 @@ class UploadResponse(BaseModel):
     speech: bool | None = Field(description="Speech gate: false = no voice (ASR skipped), null = not checked.")
     ocr_text: str = Field(description="On-screen text read from the frames.")
     decoder: str
-    duplicate_of: str | None = Field(None, description="The stored item this upload re-uploads (dedup.threshold).")
-    duplicate_score: float | None = Field(None, description="Fingerprint similarity to `duplicate_of` (0..1).")
+    duplicate_of: str | None = Field(None, description="The stored item this upload re-uploads (same visuals, sound).")
+    duplicate_score: float | None = Field(None, description="Aligned visual fingerprint agreement with it (0..1).")
+    remix_of: str | None = Field(None, description="The stored item whose visuals this upload reuses with new sound.")
+    sound_of: str | None = Field(None, description="The stored item whose sound this upload reuses.")
+    relation: RelationModel | None = Field(None, description="The relation found at ingest, with copied segments.")
     semantic_id: list[int] | None = Field(None, description="Residual-quantization code, once fitted.")
     timings_ms: dict[str, float] = Field(description="Per-stage wall time of this upload.")
 
@@ -65,7 +86,10 @@ class UploadResponse(BaseModel):
         """The response for an embedded and written item (the item's own JSON view, less its vectors)."""
         view = {k: v for k, v in emb.to_json(vectors=False).items() if k in cls.model_fields}
         timings = {**emb.timings_ms, **{k: round(v, 3) for k, v in extra_ms.items()}}
-        return cls(**{**view, **written.to_json(), "timings_ms": timings})
+        rel = written.relation
+        kinds = {k: rel["of"] if rel and rel["kind"] == k else None for k in RELATION_KINDS}
+        score = rel["visual_score"] if kinds["duplicate_of"] else None  # type: ignore[index]
+        return cls(**{**view, **written.to_json(), **kinds, "duplicate_score": score, "timings_ms": timings})
 
 
 class ItemResponse(BaseModel):

@@ -20,7 +20,9 @@ from embedder.config import ReelvecConfig
 from embedder.items import check_item_id
 from embedder.thumbs import thumb_jpeg
 from serving.http.errors import ERROR_RESPONSES, ApiError
+from serving.http.schemas import MAX_K
 from serving.http.upload import check_api_key
+from serving.owner import DUPLICATE_KINDS
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 # The pages' own files: an allowlist made once, so a request names a file only by its plain name.
@@ -59,8 +61,8 @@ def report_dir(cfg: ReelvecConfig) -> Path:
 
 
 class DuplicateGroups(BaseModel):
-    threshold: float = Field(description="Fingerprint similarity the groups were linked at.")
-    groups: list[list[str]] = Field(description="Sorted item ids of each group of re-uploads (2 or more each).")
+    kinds: list[str] = Field(description="The relations that link a group (duplicate_of, remix_of).")
+    groups: list[list[str]] = Field(description="Sorted item ids of each group (2 or more each).")
 
 
 class ReportInfo(BaseModel):
@@ -105,13 +107,33 @@ async def item_thumb(request: Request, item_id: str, n: int) -> Response:
 
 
 @router.get("/v1/duplicates", response_model=DuplicateGroups, responses=ERROR_RESPONSES, include_in_schema=False)
-async def duplicates(
-    request: Request, threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None
-) -> DuplicateGroups:
-    """Groups of re-uploads by perceptual fingerprint (as `reelvec dups`); scans every stored fingerprint."""
+async def duplicates(request: Request) -> DuplicateGroups:
+    """Groups of re-uploads and remixes (as `reelvec dups`), from the relations recorded at ingest."""
+    _, writer = _runtime(request)
+    kinds = list(DUPLICATE_KINDS)
+    return DuplicateGroups(kinds=kinds, groups=await writer.relation_groups.remote(kinds))
+
+
+class SharedSound(BaseModel):
+    item_id: str
+    audio_score: float = Field(description="Share of audio landmarks on the best alignment (0..1).")
+    segments: list[dict[str, list[float]]] = Field(description="Seconds of the asked item ({new_s}) and of this one.")
+
+
+class SharedSounds(BaseModel):
+    item_id: str
+    sounds: list[SharedSound]
+
+
+@router.get(
+    "/v1/items/{item_id:path}/sounds", response_model=SharedSounds, responses=ERROR_RESPONSES, include_in_schema=False
+)
+async def item_sounds(request: Request, item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> SharedSounds:
+    """Stored clips that share an item's sound (as `reelvec sounds`), best first."""
     cfg, writer = _runtime(request)
-    limit = cfg.dedup.threshold if threshold is None else threshold
-    return DuplicateGroups(threshold=limit, groups=await writer.duplicate_groups.remote(limit))
+    request.state.item_id = item_id
+    found = await writer.shared_sound.remote(check_item_id(item_id, cfg.limits), k)
+    return SharedSounds(item_id=item_id, sounds=found)
 
 
 def _report_files(folder: Path) -> list[str]:

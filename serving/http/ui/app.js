@@ -269,7 +269,7 @@ async function showDups() {
   try {
     const found = await api("/v1/duplicates");
     box.replaceChildren(
-      el("p", {}, `${found.groups.length} group(s) at fingerprint similarity ≥ ${found.threshold.toFixed(2)}`),
+      el("p", {}, `${found.groups.length} group(s) of re-uploads and remixes`),
       ...found.groups.map((g) => el("div", { class: "group" }, g.map((id) => el("a", { href: itemHref(id) }, id)))));
   } catch (e) {
     box.replaceChildren();
