@@ -8,7 +8,7 @@ flagged (issue 18: the decode worker grew 167 → 222 MB over 160 uploads). A po
 workers every second: how many there were (`decode.recycle_after` replaces one after N decodes) and the peak RSS
 any of them reached.
 Usage: python bench/soak.py [--uploads 1000] [--concurrency 4] [--checkpoints 0,250,500,1000] [--bound-mb 100]
-                            [--recycle-after N]   # override decode.recycle_after (0 = never recycle)
+                            [--recycle-after N]   # decode.recycle_after (0 = never): section soak-recycle-N
        python bench/soak.py --smoke        # 12 uploads, checkpoints 0,6,12 (a correctness run, not a number)
 """
 
@@ -190,7 +190,9 @@ def main() -> None:
     marks = sorted({m for m in marks if m <= uploads} | {0, uploads})
     recycle = load_config().decode.recycle_after if args.recycle_after is None else args.recycle_after
     watch = WorkerWatch()
+    load0 = os.getloadavg()[0]
     series, codes, wall = soak(uploads, args.concurrency, marks, args.recycle_after, watch)
+    load = f"1-min load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end"
     first = next((v[0] for n, v in sorted(series.items()) if n.endswith(" child")), float("nan"))
     peak = max(watch.peak.values(), default=float("nan"))
     workers = f"decode.recycle_after={recycle}: " + (
@@ -201,20 +203,22 @@ def main() -> None:
         else "no decode worker process seen."
     )
     log.info(workers)
+    # An overridden recycle_after is a variant: its own section, next to the shipped config's.
+    name = ("soak-smoke" if args.smoke else "soak") + (f"-recycle-{recycle}" if args.recycle_after is not None else "")
     rows = []
-    for name, values in sorted(series.items()):
+    for proc, values in sorted(series.items()):
         values = values + [float("nan")] * (len(marks) - len(values))  # a process gone before the end
         grew = values[-1] - values[0]
         flag = "over bound" if grew > args.bound_mb else "ok"
         per100 = grew / uploads * 100 if uploads else float("nan")
         cells = " | ".join(f"{v:.0f}" for v in values)
-        rows.append(f"| {name} | {cells} | {grew:+.0f} | {per100:+.1f} | {flag} |")
+        rows.append(f"| {proc} | {cells} | {grew:+.0f} | {per100:+.1f} | {flag} |")
     head = " | ".join(f"RSS MiB @{m}" for m in marks)
     section = (
-        f"\n## soak{'-smoke' if args.smoke else ''} — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+        f"\n## {name} — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
         f"Command: `{command()}` · {uploads} uploads of the sample clips (fresh ids) at concurrency "
         f"{args.concurrency} against one local Serve app · {platform.machine()}, {os.cpu_count()} cores · "
-        f"HTTP statuses {dict(sorted(codes.items()))} · wall {wall:.0f} s · baseline: each process's RSS at 0 "
+        f"HTTP statuses {dict(sorted(codes.items()))} · wall {wall:.0f} s · {load} · baseline: each process's RSS at 0 "
         f"uploads; bound {args.bound_mb:g} MiB over the run. {workers}\n"
         + ("Smoke run: too few uploads to say anything about growth.\n" if args.smoke else "")
         + f"\n| process | {head} | growth MiB | MiB per 100 uploads | vs bound |\n"
@@ -224,7 +228,7 @@ def main() -> None:
         + "\n".join(rows)
         + "\n"
     )
-    publish("soak-smoke" if args.smoke else "soak", section, write=not args.no_write)
+    publish(name, section, write=not args.no_write)
 
 
 if __name__ == "__main__":
