@@ -789,7 +789,7 @@ class Decoder:
         """Return a worker after its call: back to the idle pool, or killed (`keep` False, or the decoder closed),
         or retired after `decode.recycle_after` answers with a fresh worker spawned in its place."""
         recycle = keep and 0 < self.cfg.recycle_after <= w.answered
-        fresh = _Worker() if recycle and not self._closed else None
+        fresh = self._spare() if recycle and not self._closed else None
         with self._lock:
             self._busy.discard(w)
             keep = keep and not recycle and not self._closed
@@ -804,6 +804,16 @@ class Decoder:
             # An answered worker is idle: nothing is in flight on it, so killing it loses nothing; `kill` waits for
             # it, so no zombie is left (recycling, issue 18).
             w.kill()
+
+    @staticmethod
+    def _spare() -> _Worker | None:
+        """A fresh worker for a recycled one; None when it cannot start now (the next checkout tries again, so the
+        answer just received is never lost to it)."""
+        try:
+            return _Worker()
+        except OSError as e:
+            log.warning("decode worker replacement did not start: %s", e)
+            return None
 
     def _decode_path(self, path: str) -> DecodedMedia:
         msg = (path, self.cfg, self.limits, self.ocr, self.fingerprint)

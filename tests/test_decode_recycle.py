@@ -65,6 +65,21 @@ def test_recycled_worker_gives_the_same_frames_and_leaves_no_process(reference: 
     assert not set(seen) & _children()
 
 
+def test_answer_is_kept_when_the_replacement_cannot_start(
+    reference: dict[str, DecodedMedia], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embedder.decode as dec
+
+    first, second = list(reference)[:2]
+    with Decoder(DecodeConfig(workers=1, recycle_after=1), LimitsConfig(), ocr=OcrConfig()) as d:
+        assert _same(d.decode(first), reference[first])  # recycled; its replacement started
+        seen = set(d.pids)
+        monkeypatch.setattr(dec, "WORKER_COMMAND", ["/nonexistent/reelvec-decode-worker"])
+        assert _same(d.decode(second), reference[second])  # recycled; no replacement can start
+        assert d.workers == 0
+    assert not seen & _children()
+
+
 # A worker that, given the path named in argv[1], marks argv[2] and waits (at most 120 s) for argv[3] to exist
 # before decoding it: a decode held in flight for as long as the test needs.
 _HOLDING_WORKER = """
