@@ -391,9 +391,9 @@ def test_openapi_states_the_real_constraints(svc: Attacked) -> None:
     assert {"400", "408", "413", "422", "503"} <= set(doc["paths"]["/v1/search"]["post"]["responses"])
 
 
-def test_schemathesis_contract(svc: Attacked) -> None:
+def test_schemathesis_contract(svc: Attacked, record_property: Any) -> None:
     """Property-based requests from /openapi.json (fixed seed, ~100 examples): no 5xx, every response as
-    documented (status, content type, body schema, Allow)."""
+    documented (status, content type, body schema, Allow). The statuses are recorded for bench/hostile.py."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from schemathesis.checks import not_a_server_error
@@ -423,4 +423,5 @@ def test_schemathesis_contract(svc: Attacked) -> None:
             seen.append(case.call_and_validate(base_url=base, headers=AUTH, checks=checks, timeout=60).status_code)
 
         run()
+    record_property("schemathesis_statuses", seen)
     assert len(seen) >= 40 and max(seen) < 500, seen
