@@ -10,7 +10,8 @@ only (the signals Cosmos-Embed1 gives), each with exact and keyframe sampling (`
 then decode alone on the CPU and on NVDEC (`decode.device`). Targets (issue 16): full pipeline ≥ 60 videos/s on one
 H200 (floor 30; Cosmos-Embed1 NIM publishes 28.57 for video only), video only ≥ 120.
 Without a CUDA device it records "not run: no GPU" and measures nothing (`--smoke` runs it on the CPU, unwritten).
-Usage: python bench/gpu.py [--clips 64] [--seconds 15] [--gop 30] [--workers 16] [--repeat 3] [--smoke]
+Usage: python bench/gpu.py [--clips 64] [--seconds 15] [--gop 30] [--workers 16] [--repeat 3]
+[--asr-batch-size N] [--asr-pack-max-s S] [--smoke]
 """
 
 from __future__ import annotations
@@ -285,6 +286,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per row (the median is reported)")
     ap.add_argument("--text-dir", type=Path, help="a HF text-encoder folder to use instead of the bundled card")
     ap.add_argument("--asr-dir", type=Path, help="a copy of the bundled Whisper files (where its pip package is not)")
+    ap.add_argument("--asr-batch-size", type=int, help="asr.batch_size: clips packed per Whisper stream")
+    ap.add_argument("--asr-pack-max-s", type=float, help="asr.pack_max_s: cap a packed stream's seconds (torch)")
     ap.add_argument("--no-nvdec", action="store_true", help="skip the decode-only CPU vs NVDEC rows")
     ap.add_argument("--budget-s", type=float, default=420, help="skip the optional rows past this many seconds")
     ap.add_argument("--note", default="", help="a sentence on the run's conditions, printed in the section")
@@ -330,14 +333,19 @@ def main() -> None:
             "REELVEC__MODELS__CLIP__CARD": str(random_vit_b32_card(tmp)),
             "REELVEC__MODELS__DEVICE": device,
         }
-        # ASR on the GPU needs the torch backend (the CTranslate2 wheel links CUDA 12; the image has CUDA 13).
+        # ASR on the GPU needs the torch backend (the CTranslate2 wheel links CUDA 12; the image has CUDA 13); the
+        # smoke run takes the same path on the CPU (`pack` batched: every stream's windows in one decode per round).
         torch_asr = "backend" in AsrConfig.model_fields and "torch" in str(AsrConfig.model_fields["backend"].annotation)
-        if device == "cuda" and torch_asr:
+        if torch_asr:
             env["REELVEC__ASR__BACKEND"] = "torch"
             if "torch_cache_dir" in AsrConfig.model_fields:
                 env["REELVEC__ASR__TORCH_CACHE_DIR"] = str(tmp / "converted")
         elif device == "cuda":
             env["REELVEC__ASR__COMPUTE_TYPE"] = "float16"
+        if args.asr_batch_size:
+            env["REELVEC__ASR__BATCH_SIZE"] = str(args.asr_batch_size)
+        if args.asr_pack_max_s:
+            env["REELVEC__ASR__PACK_MAX_S"] = str(args.asr_pack_max_s)
         if args.text_dir:
             env["REELVEC__MODELS__TEXT__CARD"] = str(local_text_card(tmp, args.text_dir))
         if args.asr_dir:
@@ -350,7 +358,8 @@ def main() -> None:
         m = Models.of(emb)
         n = len(clips)
         asr_note = (
-            f"ASR {m.asr.card.id} on the {getattr(m.asr, 'backend', 'ctranslate2')} backend ({device})"
+            f"ASR {m.asr.card.id} on the {getattr(m.asr, 'backend', 'ctranslate2')} backend ({device}), "
+            f"{_asr_mode(m.asr)}"
             if m.asr is not None
             else "**ASR off**: "
             + (
@@ -470,6 +479,15 @@ def main() -> None:
         print(f"total {time.perf_counter() - started:.0f} s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _asr_mode(asr: Any) -> str:
+    """How ASR batches in this run, for the section's header."""
+    asr_cfg = asr.cfg
+    mode = f"batch_mode {asr_cfg.batch_mode}, batch_size {asr_cfg.batch_size}"
+    if asr.backend == "torch" and asr_cfg.batch_mode == "pack" and getattr(asr_cfg, "torch_batched", False):
+        mode += f", batched decode ({asr_cfg.torch_max_windows} windows per pass, pack_max_s {asr_cfg.pack_max_s})"
+    return mode
 
 
 def _pct(v: float | None) -> str:

@@ -4,7 +4,8 @@ A speech gate (Silero VAD, shipped inside faster-whisper) skips Whisper for clip
 silence yields an empty transcript rather than Whisper's hallucinated filler. Whisper pads every window to 30 s,
 so short clips are transcribed several per model call (`asr.batch_mode`): `pack` puts several clips back to back
 in one stream and splits the words back by timestamp; `generate` decodes several clips' padded windows in one batch.
-`asr.backend` runs faster-whisper on CTranslate2, or on torch (embedder/asr_torch.py, the GPU path under CUDA 13).
+`asr.backend` runs faster-whisper on CTranslate2, or on torch (embedder/asr_torch.py, the GPU path under CUDA 13);
+on torch, `pack` decodes every window of the batch together (embedder/asr_batch.py) unless `asr.torch_batched` is off.
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ class Transcriber:
     def _pack(self, audios: list[np.ndarray]) -> dict[int, Transcript]:
         """Clips back to back (`pack_gap_s` of silence between), `batch_size` per call, words split back by time."""
         spans = [self._speech_spans(a) for a in audios]
+        if self.backend == "torch" and self.cfg.torch_batched:
+            return self._pack_batched(audios, spans)
         limit = int(self.window_s * SAMPLE_RATE)
         # Clips longer than a window (or with nothing to hear) go one by one.
         packable = [k for k, sp in enumerate(spans) if 0 < sum(length for _, length in sp) <= limit]
@@ -173,6 +176,30 @@ class Transcriber:
                 for s in self.model.transcribe(buf[start:end], vad_filter=False, **options)[0]
             ]
         )
+        return self._per_clip(segments, pieces, groups)
+
+    def _pack_batched(self, audios: list[np.ndarray], spans: list[list[tuple[int, int]]]) -> dict[int, Transcript]:
+        """The same streams as `_pack` (`batch_size` clips each), all decoded together window by window (torch).
+
+        A clip longer than a window, or alone in its group, is a stream of its own in the same batched rounds, so
+        nothing here goes through faster-whisper's per-window loop.
+        """
+        from embedder.asr_batch import transcribe_streams
+
+        gap = int(self.cfg.pack_gap_s * SAMPLE_RATE)
+        groups = _fill([k for k, sp in enumerate(spans) if sp], spans, int(self.window_s * SAMPLE_RATE), gap, self.cfg)
+        if not groups:
+            return {}
+        buf, pieces, ranges = _layout(audios, spans, groups, gap)
+        streams = [buf[start:end] for start, end in ranges]
+        decoded = self._run(lambda: transcribe_streams(self.model, streams, self.language, self.cfg.torch_max_windows))
+        segments = [
+            _shift(s, start / SAMPLE_RATE) for (start, _), segs in zip(ranges, decoded, strict=True) for s in segs
+        ]
+        return self._per_clip(segments, pieces, groups)
+
+    def _per_clip(self, segments: list[Any], pieces: list[_Piece], groups: list[list[int]]) -> dict[int, Transcript]:
+        """Packed segments split back onto their clips, as one transcript per clip of `groups`."""
         per_clip: dict[int, list[Segment]] = {k: [] for g in groups for k in g}
         for seg in segments:
             for clip, words, text in _split_segment(seg, pieces):
@@ -284,6 +311,25 @@ def _layout(
         pos += gap
         ranges.append((start, pos))
     return np.concatenate(parts), pieces, ranges
+
+
+def _fill(
+    clips: list[int], spans: list[list[tuple[int, int]]], window: int, gap: int, cfg: AsrConfig
+) -> list[list[int]]:
+    """Consecutive clips, `batch_size` per stream (within `pack_max_s` when set); a clip longer than a window alone."""
+    cap = int(cfg.pack_max_s * SAMPLE_RATE) if cfg.pack_max_s else None
+    groups: list[list[int]] = []
+    used, open_ = 0, False
+    for k in clips:
+        speech = sum(length for _, length in spans[k])
+        fits = open_ and speech <= window and len(groups[-1]) < cfg.batch_size
+        if not fits or (cap is not None and used + speech + gap > cap):
+            groups.append([])
+            used = 0
+        groups[-1].append(k)
+        used += speech + gap
+        open_ = speech <= window
+    return groups
 
 
 def _shift(segment: Any, offset_s: float) -> Any:

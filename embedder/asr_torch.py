@@ -166,7 +166,9 @@ def load_hf_whisper(model_dir: Path, cache_dir: Path, key: str, device: str, dty
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; its copy is the same weights
         log.info("converted %s to the transformers layout in %s", model_dir / "model.bin", target)
-    model = WhisperForConditionalGeneration.from_pretrained(target, attn_implementation="eager", dtype=dtype)
+    # Fused attention on the GPU; eager on the CPU, where it reproduces CTranslate2's float32 tokens exactly (tested).
+    attn = "sdpa" if device.startswith("cuda") else "eager"
+    model = WhisperForConditionalGeneration.from_pretrained(target, attn_implementation=attn, dtype=dtype)
     return model.to(device).eval()
 
 
@@ -212,11 +214,16 @@ class TorchWhisper:
         self.n_mels = int(hf.config.num_mel_bins)
         self.device = str(next(hf.parameters()).device)
         self.dtype = next(hf.parameters()).dtype
+        self.sync_every = 1 if self.device == "cpu" else 8
+        self.windows = 0  # 30-s windows encoded so far (bench/asr.py reports windows/s)
 
     @torch.inference_mode()
     def encode(self, features: np.ndarray) -> torch.Tensor:
-        x = torch.as_tensor(np.ascontiguousarray(features), device=self.device).to(self.dtype)
-        return self.hf.model.encoder(x if x.ndim == 3 else x[None]).last_hidden_state
+        x = features if isinstance(features, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(features))
+        x = x.to(self.device, self.dtype)
+        x = x if x.ndim == 3 else x[None]
+        self.windows += x.shape[0]
+        return self.hf.model.encoder(x).last_hidden_state
 
     @torch.inference_mode()
     def generate(self, encoder_output: torch.Tensor, prompts: list[list[int]], **options: Any) -> list:
@@ -236,8 +243,9 @@ class TorchWhisper:
         num_frames: Any,
         median_filter_width: int = 7,
     ) -> list[AlignmentResult]:
-        """Token-to-frame alignment from the alignment heads' cross-attention and DTW (openai/whisper timing.py)."""
-        from transformers.models.whisper.generation_whisper import _dynamic_time_warping, _median_filter
+        """Token-to-frame alignment from the alignment heads' cross-attention and DTW (openai/whisper timing.py):
+        one decoder pass and one DTW over every window of the batch."""
+        from transformers.models.whisper.generation_whisper import _median_filter
 
         v = self.vocab
         frames = [num_frames] * len(text_tokens) if isinstance(num_frames, int) else list(num_frames)
@@ -245,31 +253,92 @@ class TorchWhisper:
         longest = max(len(t) for t in text_tokens)
         ids = [head + t + [v.eot] * (longest - len(t) + 1) for t in text_tokens]
         enc = encoder_output if encoder_output.shape[0] == len(ids) else encoder_output.expand(len(ids), -1, -1)
-        out = self.hf.model.decoder(
-            input_ids=torch.tensor(ids, device=self.device),
-            encoder_hidden_states=enc,
-            output_attentions=True,
-            use_cache=False,
-        )
-        logits = self.hf.proj_out(out.last_hidden_state).float()
-        results = []
-        for b, tokens in enumerate(text_tokens):
-            n, s = len(tokens), len(head)
-            probs = logits[b, s - 1 : s - 1 + n, : v.eot].softmax(-1)
-            token_probs = probs[torch.arange(n), torch.tensor(tokens, dtype=torch.long, device=probs.device)].tolist()
-            w = torch.stack([out.cross_attentions[layer][b, h] for layer, h in v.alignment_heads]).float()
-            w = w[:, : s + n + 1, : frames[b] // 2]
+        fused = self.hf.config._attn_implementation
+        if fused != "eager":
+            self.hf.set_attn_implementation("eager")  # attention weights are only returned by eager attention
+        try:
+            out = self.hf.model.decoder(
+                input_ids=torch.tensor(ids, device=self.device),
+                encoder_hidden_states=enc,
+                output_attentions=True,
+                use_cache=False,
+            )
+        finally:
+            if fused != "eager":
+                self.hf.set_attn_implementation(fused)
+        s = len(head)
+        logits = self.hf.proj_out(out.last_hidden_state[:, s - 1 : s - 1 + longest]).float()
+        probs = logits[..., : v.eot].softmax(-1)
+        picked = torch.tensor([t + [0] * (longest - len(t)) for t in text_tokens], device=probs.device)
+        token_probs = probs.gather(-1, picked[..., None])[..., 0].tolist()
+        heads = torch.stack([out.cross_attentions[layer][:, h] for layer, h in v.alignment_heads], 1).float()
+        matrices = []
+        for b, tokens in enumerate(text_tokens):  # tensor ops only: windows differ in tokens and frames
+            n = len(tokens)
+            w = heads[b, :, : s + n + 1, : frames[b] // 2]
             w = w / w.sum(-1, keepdim=True)  # softmax over the kept frames, as openai/whisper recomputes it
             std, mean = torch.std_mean(w, dim=-2, keepdim=True, unbiased=False)
             w = _median_filter((w - mean) / std, median_filter_width)
-            matrix = w.mean(0)[s - 1 : s + n]
-            text_idx, time_idx = _dynamic_time_warping(-matrix.double().cpu().numpy())
-            results.append(AlignmentResult(list(zip(text_idx.tolist(), time_idx.tolist(), strict=True)), token_probs))
-        return results
+            matrices.append(-w.mean(0)[s - 1 : s + n].double())
+        paths = dtw_batch(_padded(matrices), [m.shape for m in matrices])
+        return [
+            AlignmentResult(list(zip(ti.tolist(), fi.tolist(), strict=True)), token_probs[b][: len(text_tokens[b])])
+            for b, (ti, fi) in enumerate(paths)
+        ]
+
+
+def _padded(matrices: list[torch.Tensor]) -> np.ndarray:
+    """Cost matrices of different shapes in one zero-padded (batch, rows, cols) array on the host."""
+    rows, cols = max(m.shape[0] for m in matrices), max(m.shape[1] for m in matrices)
+    out = torch.zeros(len(matrices), rows, cols, dtype=torch.float64, device=matrices[0].device)
+    for b, m in enumerate(matrices):
+        out[b, : m.shape[0], : m.shape[1]] = m
+    return out.cpu().numpy()
+
+
+def dtw_batch(cost: np.ndarray, shapes: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Dynamic time warping of every (rows, cols) cost matrix in `cost` at once: (text indices, time indices) each.
+
+    The same recurrence and tie-breaking as transformers' `_dynamic_time_warping` (float32 running costs), swept
+    over anti-diagonals so each step is one vector op across all matrices instead of a Python loop per cell.
+    A matrix's cells depend only on cells above and left of them, so the zero padding never reaches its own path.
+    """
+    batch, n, m = cost.shape
+    acc = np.full((batch, n + 1, m + 1), np.inf, dtype=np.float32)
+    acc[:, 0, 0] = 0
+    trace = np.full((batch, n + 1, m + 1), -1, dtype=np.int8)
+    for d in range(2, n + m + 1):
+        i = np.arange(max(1, d - m), min(n, d - 1) + 1)
+        j = d - i
+        c0, c1, c2 = acc[:, i - 1, j - 1], acc[:, i - 1, j], acc[:, i, j - 1]
+        t = np.where((c0 < c1) & (c0 < c2), 0, np.where((c1 < c0) & (c1 < c2), 1, 2)).astype(np.int8)
+        acc[:, i, j] = cost[:, i - 1, j - 1] + np.where(t == 0, c0, np.where(t == 1, c1, c2))
+        trace[:, i, j] = t
+    trace[:, 0, :] = 2
+    trace[:, :, 0] = 1
+    i = np.array([r for r, _ in shapes])
+    j = np.array([c for _, c in shapes])
+    steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    rows = np.arange(batch)
+    while True:
+        live = (i > 0) | (j > 0)
+        if not live.any():
+            break
+        steps.append((live, i - 1, j - 1))
+        t = trace[rows, i, j]
+        i = np.where(live & (t != 2), i - 1, i)
+        j = np.where(live & (t != 1), j - 1, j)
+    if not steps:
+        return [(np.zeros(0, dtype=int), np.zeros(0, dtype=int)) for _ in range(batch)]
+    live, ti, fi = (np.stack(x) for x in zip(*steps, strict=True))
+    return [(ti[live[:, b], b][::-1], fi[live[:, b], b][::-1]) for b in range(batch)]
 
 
 class _Greedy:
-    """One batched greedy decode with Whisper's logit rules (suppression, timestamp pairing, initial timestamp)."""
+    """One batched greedy decode with Whisper's logit rules (suppression, timestamp pairing, initial timestamp).
+
+    The rules are tensor ops over the whole batch (no per-sequence Python), so one call decodes many windows.
+    """
 
     def __init__(self, model: TorchWhisper, enc: torch.Tensor, prompts: list[list[int]], options: dict[str, Any]):
         self.m, self.v = model, model.vocab
@@ -284,76 +353,73 @@ class _Greedy:
         self.suppress = torch.tensor(sorted(set(suppress)), dtype=torch.long, device=model.device)
         self.suppress_blank = bool(options.get("suppress_blank", True))
 
-    def _rules(self, logits: torch.Tensor, generated: list[list[int]]) -> torch.Tensor:
+    def _rules(self, logits: torch.Tensor, step: int, last: torch.Tensor, prev: torch.Tensor, top: torch.Tensor):
+        """`last`/`prev`: each row's last two generated tokens (-1 before any); `top`: its last timestamp (-1: none)."""
         v, tb = self.v, self.v.no_timestamps + 1
         if self.suppress.numel():
             logits[:, self.suppress] = _NEG_INF
-        step = len(generated[0])
         if step == 0 and self.suppress_blank:
             logits[:, list(v.suppress_begin)] = _NEG_INF
         logits[:, v.no_timestamps] = _NEG_INF
         if not self.timestamps:
             logits[:, tb:] = _NEG_INF
             return logits
-        for k, seq in enumerate(generated):
-            last = len(seq) >= 1 and seq[-1] >= tb
-            penultimate = len(seq) < 2 or seq[-2] >= tb
-            if last:
-                if penultimate:
-                    logits[k, tb:] = _NEG_INF
-                else:
-                    logits[k, : v.eot] = _NEG_INF
-            stamps = [t for t in seq if t >= tb]
-            if stamps:
-                # Timestamps never go back; after a closing one the next segment may start at the same time.
-                floor = stamps[-1] if last and not penultimate else stamps[-1] + 1
-                logits[k, tb:floor] = _NEG_INF
+        cols = torch.arange(logits.shape[-1], device=logits.device)[None]
+        is_stamp = cols >= tb
+        last_ts = (last >= tb)[:, None]
+        pair_open = last_ts & (prev < tb)[:, None] & (prev >= 0)[:, None]  # text then one timestamp
+        # After a closed pair (or a lone first timestamp) text must follow; after text + timestamp, no more text.
+        logits.masked_fill_(last_ts & ~pair_open & is_stamp, _NEG_INF)
+        logits.masked_fill_(pair_open & (cols < v.eot), _NEG_INF)
+        # Timestamps never go back; after a closing one the next segment may start at the same time.
+        floor = torch.where(pair_open[:, 0], top, top + 1)[:, None]
+        logits.masked_fill_((top >= 0)[:, None] & is_stamp & (cols < floor), _NEG_INF)
         if step == 0:
             logits[:, :tb] = _NEG_INF
             if self.max_initial is not None:
                 logits[:, tb + self.max_initial + 1 :] = _NEG_INF
         logprobs = logits.float().log_softmax(-1)
-        stamp_lp = logprobs[:, tb:].logsumexp(-1)
-        text_lp = logprobs[:, :tb].max(-1).values
-        logits[stamp_lp > text_lp, :tb] = _NEG_INF  # a likely timestamp wins over any single text token
+        stamp_wins = logprobs[:, tb:].logsumexp(-1) > logprobs[:, :tb].max(-1).values
+        logits.masked_fill_(stamp_wins[:, None] & ~is_stamp, _NEG_INF)  # a likely timestamp beats any text token
         return logits
 
     def run(self) -> list[GenerationResult]:
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-        dec, v = self.m.hf.model.decoder, self.v
-        batch = len(self.prompts)
-        ids = torch.tensor(self.prompts, device=self.m.device)
+        dec, v, dev = self.m.hf.model.decoder, self.v, self.m.device
+        batch, steps = len(self.prompts), max(self.max_new, 0)
+        tb = v.no_timestamps + 1
+        ids = torch.tensor(self.prompts, device=dev)
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        generated: list[list[int]] = [[] for _ in range(batch)]
-        scores = [0.0] * batch
-        done = [False] * batch
-        no_speech = [0.0] * batch
-        for step in range(max(self.max_new, 0)):
-            h = dec(input_ids=ids, encoder_hidden_states=self.enc, cache=cache, use_cache=True)
+        out = torch.full((batch, steps), v.eot, dtype=torch.long, device=dev)
+        last = prev = top = torch.full((batch,), -1, dtype=torch.long, device=dev)
+        score = torch.zeros(batch, device=dev)
+        done = torch.zeros(batch, dtype=torch.bool, device=dev)
+        no_speech = torch.zeros(batch, device=dev)
+        for step in range(steps):
+            h = dec(input_ids=ids, encoder_hidden_states=self.enc, cache=cache, use_cache=True).last_hidden_state
             if step == 0:
                 sot_at = self.prompts[0].index(v.sot)
-                first = self.m.hf.proj_out(h.last_hidden_state[:, sot_at]).float().softmax(-1)
-                no_speech = first[:, v.no_speech].tolist()
-            logits = self._rules(self.m.hf.proj_out(h.last_hidden_state[:, -1]).float(), generated)
-            logprobs = logits.log_softmax(-1)
+                no_speech = self.m.hf.proj_out(h[:, sot_at]).float().softmax(-1)[:, v.no_speech]
+            logits = self._rules(self.m.hf.proj_out(h[:, -1]).float(), step, last, prev, top)
             nxt = logits.argmax(-1)
-            lp = logprobs.gather(1, nxt[:, None])[:, 0].tolist()
-            for k, tok in enumerate(nxt.tolist()):
-                if done[k]:
-                    continue
-                scores[k] += lp[k]
-                if tok == v.eot:
-                    done[k] = True
-                else:
-                    generated[k].append(tok)
-            if all(done):
+            lp = logits.log_softmax(-1).gather(1, nxt[:, None])[:, 0]
+            score += torch.where(done, 0.0, lp)  # the end-of-text token's log-prob counts, as in CTranslate2
+            nxt = torch.where(done, v.eot, nxt)
+            done = done | (nxt == v.eot)
+            out[:, step] = nxt
+            prev, last = last, nxt
+            top = torch.where(nxt >= tb, nxt, top)
+            # On a GPU one host sync every few steps (not every step) to stop once all rows ended.
+            if step % self.m.sync_every == self.m.sync_every - 1 and bool(done.all()):
                 break
-            nxt = torch.where(torch.tensor(done, device=nxt.device), torch.full_like(nxt, v.eot), nxt)
             ids = nxt[:, None]
-        return [
-            GenerationResult([g], [s / max(len(g), 1)], p) for g, s, p in zip(generated, scores, no_speech, strict=True)
-        ]
+        rows, scores, probs = out.tolist(), score.tolist(), no_speech.tolist()
+        results = []
+        for row, s, p in zip(rows, scores, probs, strict=True):
+            g = row[: row.index(v.eot)] if v.eot in row else row
+            results.append(GenerationResult([g], [s / max(len(g), 1)], p))
+        return results
 
 
 # -- faster-whisper's WhisperModel on torch --------------------------------------------------------------------------
@@ -384,6 +450,28 @@ class TorchFeatures:
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
         return ((log_spec + 4.0) / 4.0).cpu().numpy()
 
+    def batch(self, waves: list[np.ndarray], padding: int = 160) -> tuple[torch.Tensor, list[int]]:
+        """Log-mel of several waveforms in one STFT on the device: (batch, mels, frames) and each one's own frames.
+
+        Each row is normalised by its own loudest frame, as `__call__` does for one waveform; the zero padding past
+        a shorter waveform is what `padding` adds anyway, so its own frames are unchanged.
+        """
+        hop = self.base.hop_length
+        lengths = [int(w.size) + padding for w in waves]
+        host = np.zeros((len(waves), max(lengths)), dtype=np.float32)
+        for b, w in enumerate(waves):
+            host[b, : w.size] = w
+        x = torch.from_numpy(host).to(self.device)
+        spec = torch.stft(x, self.base.n_fft, hop, window=self.window, return_complex=True)
+        log_spec = torch.clamp(self.mel @ spec[..., :-1].abs() ** 2, min=1e-10).log10()
+        frames = [n // hop for n in lengths]
+        valid = (
+            torch.arange(log_spec.shape[-1], device=self.device)[None]
+            < torch.tensor(frames, device=self.device)[:, None]
+        )
+        top = log_spec.masked_fill(~valid[:, None], _NEG_INF).amax(dim=(1, 2), keepdim=True)
+        return (torch.maximum(log_spec, top - 8.0) + 4.0) / 4.0, frames
+
 
 def build_torch_whisper(model_dir: Path, cache_dir: Path, key: str, device: str) -> Any:
     """faster-whisper's WhisperModel whose runtime is `TorchWhisper` (fp16 on cuda, fp32 on cpu)."""
@@ -408,9 +496,36 @@ def build_torch_whisper(model_dir: Path, cache_dir: Path, key: str, device: str)
             self.tokens_per_second = self.feature_extractor.sampling_rate // self.num_samples_per_token
             self.time_precision = 0.02
             self.max_length = 448
+            self._aligned: list | None = None
 
         def encode(self, features: np.ndarray) -> torch.Tensor:
             return self.model.encode(features)
+
+        def find_alignment(self, *args: Any, **kwargs: Any) -> list:
+            # `add_word_timestamps_batch` hands each window its share of one batched alignment through here.
+            return self._aligned if self._aligned is not None else super().find_alignment(*args, **kwargs)
+
+        def add_word_timestamps_batch(
+            self, windows: list[list[dict]], tokenizer: Any, encoder_output: torch.Tensor, frames: list[int],
+            last_speech: list[float], punctuation: tuple[str, str],
+        ) -> None:  # fmt: skip
+            """faster-whisper's `add_word_timestamps` for many windows, their words aligned in one batched call."""
+            tokens = [[t for seg in segs for t in seg["tokens"] if t < tokenizer.eot] for segs in windows]
+            has = [k for k, t in enumerate(tokens) if t]
+            aligned = (
+                super().find_alignment(
+                    tokenizer, [tokens[k] for k in has], encoder_output[has], [frames[k] for k in has]
+                )
+                if has
+                else []
+            )
+            by_window = dict(zip(has, aligned, strict=True))
+            try:
+                for k, segs in enumerate(windows):
+                    self._aligned = [by_window.get(k, [])]
+                    self.add_word_timestamps([segs], tokenizer, None, frames[k], *punctuation, last_speech[k])
+            finally:
+                self._aligned = None
 
     return TorchWhisperModel()
 

@@ -169,6 +169,14 @@ class AsrConfig(_Section):
     # The torch backend's converted weights (transformers layout), written once per card and weights digest;
     # null: `converted/` inside models.models_dir.
     torch_cache_dir: Path | None = None
+    # torch backend, `pack`: the streams of every group decoded together, one batched encode + greedy decode + word
+    # alignment per round of 30-s windows (embedder/asr_batch.py), `torch_max_windows` windows per forward pass;
+    # false: faster-whisper's per-window loop on each stream in turn.
+    torch_batched: bool = True
+    torch_max_windows: int = Field(128, ge=1)
+    # Torch `pack` only: also cap a stream at this many seconds (null: `batch_size` clips, as ctranslate2 packs).
+    # Shorter streams mean fewer sequential rounds, more windows per round (GPU), but other batch mates.
+    pack_max_s: float | None = Field(None, gt=0)
 
 
 class OcrConfig(_Section):

@@ -251,3 +251,83 @@ def test_torch_features_match_faster_whisper(asr: Transcriber, torch_asr: Transc
     ref = asr.model.feature_extractor(audio)
     got = torch_asr.model.feature_extractor(audio)
     assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-3
+
+
+# -- torch backend, `pack` batched: every window of the batch in one encode + decode + alignment per round --------
+
+
+@pytest.fixture
+def torch_calls(torch_asr: Transcriber, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """Windows per batched decode call; faster-whisper's per-window loop must not run at all."""
+    calls: dict[str, list[int]] = {"generate": []}
+    runtime = torch_asr.model.model
+    generate = runtime.generate
+
+    def counting(enc: Any, prompts: list[list[int]], **options: Any) -> list:
+        calls["generate"].append(len(prompts))
+        return generate(enc, prompts, **options)
+
+    def no_loop(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("faster-whisper's per-window loop ran")
+
+    monkeypatch.setattr(runtime, "generate", counting)
+    monkeypatch.setattr(torch_asr.model, "generate_segments", no_loop)
+    monkeypatch.setattr(torch_asr, "cfg", torch_asr.cfg.model_copy(update={"torch_batched": True}))
+    return calls
+
+
+def test_torch_batched_pack_same_words_as_faster_whisper(
+    asr: Transcriber, torch_asr: Transcriber, clip_audio: Any, torch_calls: dict[str, list[int]]
+) -> None:
+    audios = [clip_audio("cooking_01"), clip_audio("soccer_02")]
+    ct2 = [t.text for t in asr.transcribe_batch(audios, mode="pack")]
+    out = torch_asr.transcribe_batch(audios, mode="pack")
+    assert torch_calls["generate"] == [1]  # both clips in one packed window, one decode
+    assert all(t.text and t.speech is True and t.language == "en" for t in out)
+    assert wer(ct2, [t.text for t in out]) <= TORCH_VS_CT2_MAX_WER, (ct2, [t.text for t in out])
+
+
+def test_torch_batched_pack_equals_the_per_window_loop(
+    torch_asr: Transcriber, clip_audio: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Same streams (two clips each), same model: the lockstep rounds must reproduce faster-whisper's loop on each.
+    audios = [clip_audio(i) for i in ("cooking_03", "space_04", "ocean_02", "soccer_04")]
+    cfg = torch_asr.cfg.model_copy(update={"batch_size": 2})
+    monkeypatch.setattr(torch_asr, "cfg", cfg.model_copy(update={"torch_batched": True}))
+    batched = torch_asr.transcribe_batch(audios, mode="pack")
+    monkeypatch.setattr(torch_asr, "cfg", cfg.model_copy(update={"torch_batched": False}))
+    loop = torch_asr.transcribe_batch(audios, mode="pack")
+    assert [t.text for t in batched] == [t.text for t in loop]
+    for a, b in zip(batched, loop, strict=True):
+        assert len(a.segments) == len(b.segments)
+        assert all(
+            abs(x.start_s - y.start_s) <= 0.02 and abs(x.end_s - y.end_s) <= 0.02
+            for x, y in zip(a.segments, b.segments, strict=True)
+        )
+
+
+def test_torch_batched_pack_gives_each_clip_its_own_transcript(
+    torch_asr: Transcriber, clip_audio: Any, torch_calls: dict[str, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two clips per stream, and one item longer than a 30-s window: four streams decoded side by side, the long
+    # one needing a second round of its own.
+    monkeypatch.setattr(torch_asr, "cfg", torch_asr.cfg.model_copy(update={"batch_size": 2}))
+    parts = ["cooking_04", "soccer_01", "ocean_03", "space_02", "cooking_02", "soccer_03", "ocean_04", "space_03"]
+    long = np.concatenate([clip_audio(p) for p in parts])
+    assert long.size / SAMPLE_RATE > 30
+    ids = ["cooking_01", None, "soccer_02", "ocean_01", "long", "space_04"]
+    audios = [None if i is None else long if i == "long" else clip_audio(i) for i in ids]
+    audios[1] = _music(3.0, seed=3)
+    out = torch_asr.transcribe_batch(audios, mode="pack")
+    assert torch_calls["generate"][0] == 4 and len(torch_calls["generate"]) >= 2, torch_calls
+    assert [t.speech for t in out] == [True, False, True, True, True, True] and out[1].text == ""
+    own = {0: {"pasta", "garlic"}, 2: {"soccer", "field"}, 3: {"waves", "beach"}, 5: {"telescope", "saturn"}}
+    for k, mine in own.items():
+        heard = set(words(out[k].text))
+        assert len(mine & heard) >= 1, out[k].text
+        assert not any(other & heard for j, other in own.items() if j != k), out[k].text
+    assert len(words(out[4].text)) >= 50 and not set(words(out[4].text)) & {"pasta", "telescope"}
+    for t, audio in zip(out, audios, strict=True):
+        duration = audio.size / SAMPLE_RATE
+        assert all(0 <= s.start_s <= s.end_s <= duration for s in t.segments), (t.segments, duration)
+    assert out[4].segments[-1].start_s > 25  # the long item's last words sit late on its own timeline
