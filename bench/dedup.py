@@ -8,7 +8,7 @@ Every source is encoded once and stored; each gets one variant per family of sam
 new footage: sound_of). Every variant and every original is related to every stored original; the truth follows
 from which frames and which sound each clip was made of. Sources alternate between a dev and a test split:
 thresholds are chosen on dev pairs only, and the table is reported on the test split. The legacy fp1 fingerprint
-(8 frames, MaxSim, threshold dedup.threshold) runs side by side on the same pairs as the baseline.
+(8 frames, MaxSim, threshold 0.80, round 2's default) runs side by side on the same pairs as the baseline.
 Usage: python bench/dedup.py [--sources 24] [--hash-sizes 8 16] [--smoke] [--no-write]
 """
 
