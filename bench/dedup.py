@@ -36,11 +36,12 @@ from make_samples import SCENES, TopicBackdrop, text_layer  # noqa: E402
 from variants import FAMILIES, Clip, with_audio, write_clip  # noqa: E402
 
 from bench.results import command, publish  # noqa: E402
-from embedder.audio_fp import align_audio, audio_fingerprint, sparse_hashes  # noqa: E402
+from embedder.audio_fp import align_audio, sparse_hashes  # noqa: E402
 from embedder.config import load_config  # noqa: E402
 from embedder.decode import decode_file  # noqa: E402
-from embedder.fingerprint import align_video, fingerprint, pooled_vector, similarity, video_fingerprint  # noqa: E402
+from embedder.fingerprint import align_video, fingerprint, pooled_vector, similarity  # noqa: E402
 from embedder.relations import ItemPrints, in_step, relate, strongest, verdict  # noqa: E402
+from embedder.steps import item_prints  # noqa: E402
 
 W, H, FPS, RATE = 320, 240, 25, 16_000
 KINDS = ("scene", "texture", "camera", "fastcut", "template")
@@ -216,13 +217,10 @@ def load(path: Path, name: str, vis: str, aud: str | None, split: str, family: s
     prints = {}
     for n in sizes:
         dc = cfg.dedup.model_copy(update={"hash_size": n})
-        video = video_fingerprint(d.fp_frames, d.fp_timestamps_s, dc)  # type: ignore[arg-type]
-        prints[n] = ItemPrints.of(video, audio_fingerprint(d.audio, dc), dc)
+        prints[n] = item_prints(d, dc)
     if family == "original":  # cost: best of 3 of each step on the stored clips (the machine is shared)
         dc = cfg.dedup.model_copy(update={"hash_size": sizes[-1]})
-        cost["fingerprint_s"].append(
-            _best(lambda: (video_fingerprint(d.fp_frames, d.fp_timestamps_s, dc), audio_fingerprint(d.audio, dc)))
-        )
+        cost["fingerprint_s"].append(_best(lambda: item_prints(d, dc)))
         cost["decode_s"].append(_best(lambda: decode_file(str(path), cfg.decode, cfg.limits)))
         cost["decode_fp_s"].append(_best(lambda: decode_file(str(path), cfg.decode, cfg.limits, fp=cfg.fingerprint)))
     return Item(name, prints, vis, aud, split, family, source, fingerprint(d.frames, d.timestamps_s))
@@ -446,8 +444,7 @@ def samples_line(th: tuple[float, float, float], n: int) -> str:
     prints = {}
     for path in sorted((ROOT / "samples" / "clips").glob("*.mp4")):
         d = decode_file(str(path), cfg.decode, cfg.limits, fp=cfg.fingerprint)
-        video = video_fingerprint(d.fp_frames, d.fp_timestamps_s, dc)  # type: ignore[arg-type]
-        prints[path.stem] = ItemPrints.of(video, audio_fingerprint(d.audio, dc), dc)
+        prints[path.stem] = item_prints(d, dc)
     names, found, top = list(prints), [], []
     for k, new in enumerate(names):
         rel = {old: relate(prints[new], prints[old], dc) for old in names[:k]}

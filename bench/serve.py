@@ -47,6 +47,15 @@ STEP_DEPLOYMENTS = [f"step_{s.name}" for s in GRAPH.configured(load_config()).st
 QUERIES = ["cooking pasta", "soccer goal", "waves on the beach", "rocket launch", "chop vegetables", "stars"]
 
 
+def wait_ready(base: str, timeout_s: float) -> None:
+    """Poll `/readyz` until the app answers 200 (a fresh deploy loads its models first)."""
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{base}/readyz", timeout=30).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"service not ready after {timeout_s:g} s")
+        time.sleep(0.5)
+
+
 @dataclass
 class Level:
     """One measured load level: latencies (s) of every request and the wall time of the whole level."""
@@ -135,11 +144,7 @@ class Bench:
 
         t0 = time.perf_counter()
         serve.run(build_app(cfg), name=APP, route_prefix="/")
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{self.base}/readyz", timeout=30).status_code != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("service not ready after 120 s")
-            time.sleep(0.5)
+        wait_ready(self.base, 120)
         log.info("deployed in %.1f s", time.perf_counter() - t0)
 
     def set_batching(self, config: dict[str, Any]) -> None:

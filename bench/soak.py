@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from bench.results import command, publish  # noqa: E402
+from bench.serve import wait_ready  # noqa: E402
 from embedder.config import load_config  # noqa: E402
 
 log = logging.getLogger("bench.soak")
@@ -135,11 +136,7 @@ def deploy(base: str, recycle_after: int | None) -> None:
         env["REELVEC__DECODE__RECYCLE_AFTER"] = str(recycle_after)
     cfg = load_config(environ=env)
     serve.run(build_app(cfg), name=APP, route_prefix="/")
-    deadline = time.monotonic() + 300
-    while httpx.get(f"{base}/readyz", timeout=30).status_code != 200:
-        if time.monotonic() > deadline:
-            raise RuntimeError("service not ready after 300 s")
-        time.sleep(0.5)
+    wait_ready(base, 300)
 
 
 def soak(

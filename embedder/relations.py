@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 
 from embedder.audio_fp import (
+    AUDIO_PRINT_VERSION,
     HOP_S,
     AudioAlignment,
     AudioPrint,
@@ -21,6 +22,7 @@ from embedder.audio_fp import (
 )
 from embedder.config import DedupConfig
 from embedder.fingerprint import (
+    VIDEO_PRINT_VERSION,
     VideoAlignment,
     VideoPrint,
     align_video,
@@ -28,9 +30,9 @@ from embedder.fingerprint import (
     video_print_from_payload,
     video_print_payload,
 )
+from embedder.types import RELATION_KINDS
 
 RelationKind = Literal["duplicate_of", "remix_of", "sound_of"]
-RELATION_KINDS: tuple[RelationKind, ...] = ("duplicate_of", "remix_of", "sound_of")  # strongest first
 VIDEO_PAYLOAD, AUDIO_PAYLOAD = "vfp", "afp"  # payload keys of the stored prints (never indexed, never in hits)
 _AUDIO_GAP_S = 1.5  # matched landmarks further apart than this start a new audio segment
 _IN_STEP_S = 0.5  # visual and audio offsets this close say the picture and the sound were copied together
@@ -56,9 +58,6 @@ class ItemPrints:
     @classmethod
     def from_payload(cls, payload: Mapping[str, object], cfg: DedupConfig) -> ItemPrints | None:
         """The prints stored with an item; None when absent, unreadable or hashed another way (not comparable)."""
-        from embedder.audio_fp import AUDIO_PRINT_VERSION
-        from embedder.fingerprint import VIDEO_PRINT_VERSION
-
         v, a = payload.get(VIDEO_PAYLOAD), payload.get(AUDIO_PAYLOAD)
         try:
             video = video_print_from_payload(v)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ Every layer (index, serving) speaks these; nothing here imports a model library.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -13,6 +14,8 @@ import numpy as np
 
 # Modalities an item can carry, in the fixed order of the fused vector's blocks.
 MODALITIES: tuple[str, ...] = ("visual", "caption", "transcript", "ocr")
+# The relations recorded at ingest between a new item and a stored one, strongest first (embedder/relations.py).
+RELATION_KINDS: tuple[str, ...] = ("duplicate_of", "remix_of", "sound_of")
 # Modalities of optional steps (off unless their model is configured), e.g. `omni` (`models.omni`).
 OPTIONAL_MODALITIES: tuple[str, ...] = ("omni",)
 FUSED = "fused"
@@ -195,17 +198,9 @@ class ItemEmbedding:
     semantic_id: list[int] | None = None
     fields: dict[str, Any] = field(default_factory=dict)  # extra payload fields from the steps (thumbnails)
 
-    def related(self, kind: str) -> str | None:
-        """The stored item this one is `kind` of (duplicate_of, remix_of, sound_of), if that is its relation."""
-        return self.relation["of"] if self.relation and self.relation.get("kind") == kind else None
-
     @property
     def duplicate_of(self) -> str | None:
-        return self.related("duplicate_of")
-
-    @property
-    def duplicate_score(self) -> float | None:
-        return self.relation["visual_score"] if self.duplicate_of else None  # type: ignore[index]
+        return relation_fields(self.relation)["duplicate_of"]
 
     def to_json(self, vectors: bool = True) -> dict[str, Any]:
         """JSON-ready view (what `reelvec embed --json` prints; an upload's response is this less the vectors)."""
@@ -226,10 +221,7 @@ class ItemEmbedding:
             "duration_s": self.duration_s,
             "models": self.models,
             "models_unavailable": self.models_unavailable,
-            "duplicate_of": self.duplicate_of,
-            "duplicate_score": self.duplicate_score,
-            "remix_of": self.related("remix_of"),
-            "sound_of": self.related("sound_of"),
+            **relation_fields(self.relation),
             "relation": self.relation,
             "semantic_id": self.semantic_id,
             "schema_version": self.schema_version,
@@ -240,6 +232,15 @@ class ItemEmbedding:
         if vectors:
             out["vectors"] = {k: [float(x) for x in v] for k, v in self.vectors.items()}
         return out
+
+
+def relation_fields(relation: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The flat fields a recorded relation (`Relation.to_dict(of=...)`) implies, for payloads and answers: the stored
+    id under its kind (the other kinds None) and, for a duplicate, its visual score as `duplicate_score`."""
+    kind = relation.get("kind") if relation else None
+    out: dict[str, Any] = {k: relation["of"] if k == kind else None for k in RELATION_KINDS}  # type: ignore[index]
+    out["duplicate_score"] = relation["visual_score"] if kind == "duplicate_of" else None  # type: ignore[index]
+    return out
 
 
 @dataclass(frozen=True)

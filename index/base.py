@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from embedder.config import IndexConfig
 from embedder.fingerprint import POOLED_DIM
 from embedder.relations import AUDIO_PAYLOAD, RELATION_KINDS, VIDEO_PAYLOAD
-from embedder.types import FUSED, ConfigError, ItemEmbedding, ItemFailure, StoreError
+from embedder.types import FUSED, ConfigError, ItemEmbedding, ItemFailure, StoreError, relation_fields
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,11 @@ class SparseVec:
 
     indices: tuple[int, ...]
     values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, pair: tuple[list[int], list[float]] | None) -> SparseVec | None:
+        """From an (indices, values) pair such as `ItemPrints.candidates`' audio side (None stays None)."""
+        return None if pair is None else cls(tuple(pair[0]), tuple(pair[1]))
 
 
 # The embedding-schema generation N of a version "vN-<hash>", stored so older embeddings never overwrite newer.
@@ -304,10 +309,7 @@ def build_payload(item: ItemEmbedding, transcript_chars: int, ocr_chars: int = 1
         "models_unavailable": list(item.models_unavailable),
         "schema_version": item.schema_version,
         SCHEMA_SEQ: schema_seq(item.schema_version),
-        "duplicate_of": item.duplicate_of,
-        "duplicate_score": None if item.duplicate_score is None else float(item.duplicate_score),
-        "remix_of": item.related("remix_of"),
-        "sound_of": item.related("sound_of"),
+        **relation_fields(item.relation),
         "relation": item.relation,
         **(item.prints.payload() if item.prints is not None else {VIDEO_PAYLOAD: None, AUDIO_PAYLOAD: None}),
         "semantic_id": None if item.semantic_id is None else [int(c) for c in item.semantic_id],
@@ -695,16 +697,12 @@ class VectorIndex(abc.ABC):
         if not kinds or any(k not in RELATION_KINDS for k in kinds):
             raise StoreError("bad_query", f"relation kinds must be among {list(RELATION_KINDS)}, got {kinds!r}")
         groups = _UnionFind()
-        offset: Any = None
-        while True:
-            records, offset = self._scroll(FUSED, _SCROLL_BATCH, offset, ["item_id", *kinds], vectors=False)
+        for records in self._scroll_pages(FUSED, _SCROLL_BATCH, ["item_id", *kinds], vectors=False):
             for r in records:
                 for kind in kinds:
                     other = r.payload.get(kind)
                     if isinstance(other, str) and other:
                         groups.union(str(r.payload.get("item_id", "")), other)
-            if offset is None or not records:
-                break
         members: dict[str, list[str]] = defaultdict(list)
         for item_id in list(groups.parent):
             members[groups.find(item_id)].append(item_id)
@@ -763,15 +761,21 @@ class VectorIndex(abc.ABC):
         frames = {i: r.vectors[FRAMES] for i, r in records.items() if r.vectors and FRAMES in r.vectors}
         return payloads, frames
 
-    def _scroll_multi(self, using: str, batch: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    def _scroll_pages(self, using: str, batch: int, payload: list[str], vectors: bool = True) -> Iterator[list[Record]]:
+        """Every page of points that have vector `using` (see `_scroll`), until the engine says there is no more."""
         offset: Any = None
         while True:
-            records, offset = self._scroll(using, batch, offset, ["item_id"])
+            records, offset = self._scroll(using, batch, offset, payload, vectors)
+            if records:
+                yield records
+            if offset is None or not records:
+                return
+
+    def _scroll_multi(self, using: str, batch: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+        for records in self._scroll_pages(using, batch, ["item_id"]):
             pairs = [(str(r.payload.get("item_id", "")), r.vectors[using]) for r in records if using in r.vectors]
             if pairs:
                 yield [i for i, _ in pairs], [v for _, v in pairs]
-            if offset is None or not records:
-                return
 
     def optimize(self) -> None:
         """Build/merge index structures now (after a bulk load); a no-op where the engine does it itself."""
@@ -830,7 +834,7 @@ class VectorIndex(abc.ABC):
             if FP_VISUAL in self._aux:
                 out[FP_VISUAL] = np.asarray(visual, dtype=np.float32)
             if audio is not None and FP_AUDIO in self._aux:
-                out[FP_AUDIO] = SparseVec(tuple(audio[0]), tuple(audio[1]))
+                out[FP_AUDIO] = SparseVec.of(audio)
         if frames is not None and FRAMES in self._aux:
             out[FRAMES] = np.asarray(frames, dtype=np.float32)
         return out

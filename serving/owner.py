@@ -31,10 +31,6 @@ class Written:
     relation: dict[str, Any] | None = None  # Relation.to_dict(of=...): the strongest relation found at ingest
     semantic_id: list[int] | None = None
 
-    @property
-    def duplicate_of(self) -> str | None:
-        return self.relation["of"] if self.relation and self.relation["kind"] == "duplicate_of" else None
-
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -70,14 +66,16 @@ def stored_prints(index: VectorIndex, item_ids: list[str], cfg: DedupConfig) -> 
     return {i: p for i, p in prints.items() if p is not None}
 
 
-def candidates(index: VectorIndex, prints: ItemPrints, k: int, exclude: str) -> list[str]:
-    """Stored items worth the exact check: nearest by the pooled visual print and by shared audio hashes."""
+def candidates(index: VectorIndex, prints: ItemPrints, k: int, exclude: str, visual: bool = True) -> list[str]:
+    """Stored items worth the exact check: nearest by the pooled visual print (unless `visual` is false) and by
+    shared audio hashes, on whichever of the two vectors the index has."""
     aux = index.aux_vectors
-    visual, audio = prints.candidates
-    sparse = SparseVec(tuple(audio[0]), tuple(audio[1])) if audio is not None and FP_AUDIO in aux else None
-    if FP_VISUAL not in aux and sparse is None:
+    pooled, audio = prints.candidates
+    dense = pooled if visual and FP_VISUAL in aux else None
+    sparse = SparseVec.of(audio) if FP_AUDIO in aux else None
+    if dense is None and sparse is None:
         return []
-    return index.relation_candidates(visual if FP_VISUAL in aux else None, sparse, k, exclude_ids=[exclude])
+    return index.relation_candidates(dense, sparse, k, exclude_ids=[exclude])
 
 
 def mark_relations(index: VectorIndex, items: list[ItemEmbedding], cfg: DedupConfig) -> None:
@@ -103,16 +101,13 @@ DUPLICATE_KINDS = ("duplicate_of", "remix_of")  # what `reelvec dups` groups: th
 def shared_sound(index: VectorIndex, item_id: str, cfg: DedupConfig, k: int) -> list[dict[str, Any]]:
     """Stored clips whose sound aligns with `item_id`'s (audio score >= `dedup.audio_threshold`), best first, with
     the seconds of `item_id` they share; found through the audio-hash candidates, then checked exactly."""
-    mine = stored_prints(index, [item_id], cfg).get(item_id)
-    if item_id not in index.existing([item_id]):
+    stored = index.payloads([item_id], [VIDEO_PAYLOAD, AUDIO_PAYLOAD])
+    if item_id not in stored:
         raise StoreError("unknown_item", f"no item {item_id!r} in {index.collection}")
+    mine = ItemPrints.from_payload(stored[item_id], cfg)
     if mine is None or mine.audio is None:
         return []
-    _, audio = mine.candidates
-    if audio is None or FP_AUDIO not in index.aux_vectors:
-        return []
-    sparse = SparseVec(tuple(audio[0]), tuple(audio[1]))
-    ids = index.relation_candidates(None, sparse, max(k, cfg.candidates), [item_id])
+    ids = candidates(index, mine, max(k, cfg.candidates), item_id, visual=False)
     found = []
     for other, prints in stored_prints(index, ids, cfg).items():
         if prints.audio is None:

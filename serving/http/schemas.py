@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from embedder.items import json_phrase, load_json
-from embedder.relations import RELATION_KINDS
+from embedder.types import relation_fields
 from index import SearchFilter
 
 if TYPE_CHECKING:
@@ -86,10 +86,8 @@ class UploadResponse(BaseModel):
         """The response for an embedded and written item (the item's own JSON view, less its vectors)."""
         view = {k: v for k, v in emb.to_json(vectors=False).items() if k in cls.model_fields}
         timings = {**emb.timings_ms, **{k: round(v, 3) for k, v in extra_ms.items()}}
-        rel = written.relation
-        kinds = {k: rel["of"] if rel and rel["kind"] == k else None for k in RELATION_KINDS}
-        score = rel["visual_score"] if kinds["duplicate_of"] else None  # type: ignore[index]
-        return cls(**{**view, **written.to_json(), **kinds, "duplicate_score": score, "timings_ms": timings})
+        fields = relation_fields(written.relation)
+        return cls(**{**view, **written.to_json(), **fields, "timings_ms": timings})
 
 
 class ItemResponse(BaseModel):
