@@ -323,6 +323,7 @@ def test_ui_routes(ui_service: UiService) -> None:
         assert anon.get("/ui/static/..%2Fui_routes.py").status_code == 404
         assert anon.get("/v1/duplicates").status_code == 401
         assert anon.get("/v1/items/cooking_01/thumbs/0").status_code == 401
+        assert anon.get("/v1/items/cooking_01/sounds", params={"k": 0}).status_code == 401  # the key before params
     finally:
         anon.close()
     http = ui_service.http
@@ -340,5 +341,8 @@ def test_ui_routes(ui_service: UiService) -> None:
     assert [s["item_id"] for s in sounds] == [COPY] and sounds[0]["segments"]  # the copy carries its sound
     assert http.get("/v1/items/nope/sounds").json()["error"] == "unknown_item"
     assert http.get("/v1/items/soccer_01/sounds", params={"k": 0}).status_code == 400
+    for path, typo in (("/v1/items/soccer_01/sounds", "kk"), ("/v1/duplicates", "threshold"), ("/v1/report", "x")):
+        r = http.get(path, params={typo: "3"})
+        assert r.status_code == 400 and r.json()["error"] == "unknown_parameter" and typo in r.json()["detail"]
     assert http.get("/v1/report").json() == {"available": False, "files": []}
     assert http.get("/v1/report/index.html").status_code == 404

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from ray.serve.handle import DeploymentHandle
@@ -21,7 +21,7 @@ from embedder.items import check_item_id
 from embedder.thumbs import thumb_jpeg
 from serving.http.errors import ERROR_RESPONSES, ApiError
 from serving.http.schemas import MAX_K
-from serving.http.upload import check_api_key
+from serving.http.upload import check_api_key, refuse_unknown
 from serving.owner import DUPLICATE_KINDS
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -46,13 +46,28 @@ def bind_ui(cfg: ReelvecConfig, writer: DeploymentHandle) -> None:
     _UI.cfg, _UI.writer = cfg, writer
 
 
-def _runtime(request: Request) -> tuple[ReelvecConfig, DeploymentHandle]:
-    """The bound config and writer, after the same read check as search and GET items."""
+def _runtime() -> tuple[ReelvecConfig, DeploymentHandle]:
+    """The bound config and writer (503 until the ingress has bound them)."""
     if _UI.cfg is None or _UI.writer is None:
         raise ApiError("overloaded", "the UI routes are not bound to an ingress yet", 503)
-    s = _UI.cfg.serve
-    check_api_key(request, s.api_key, required=not s.public_read)
     return _UI.cfg, _UI.writer
+
+
+def _check_request(request: Request, query: tuple[str, ...]) -> None:
+    # A module function, as in app.py: the route closure below is shipped by value, this reads the real `_UI`.
+    cfg, _ = _runtime()
+    check_api_key(request, cfg.serve.api_key, required=not cfg.serve.public_read)
+    refuse_unknown(request.query_params.keys(), query, "query parameter(s)")
+
+
+def _guard(query: tuple[str, ...] = ()) -> Any:
+    """A route dependency, run before FastAPI validates any parameter: the same read check as search and GET
+    items (the API key first), then unknown query parameters refused with 400 naming them."""
+
+    async def guard(request: Request) -> None:
+        _check_request(request, query)
+
+    return Depends(guard)
 
 
 def report_dir(cfg: ReelvecConfig) -> Path:
@@ -95,9 +110,10 @@ async def ui_asset(name: str) -> FileResponse:
     response_class=Response,
     responses={200: {"content": {"image/jpeg": {}}, "description": "The n-th thumbnail (JPEG)"}, **ERROR_RESPONSES},
     summary="One stored thumbnail of an item (404 when the item has fewer)",
+    dependencies=[_guard()],
 )
 async def item_thumb(request: Request, item_id: str, n: int) -> Response:
-    cfg, writer = _runtime(request)
+    cfg, writer = _runtime()
     request.state.item_id = item_id
     stored = await writer.get.remote(check_item_id(item_id, cfg.limits), False)
     jpeg = thumb_jpeg(stored["payload"], n)
@@ -106,10 +122,16 @@ async def item_thumb(request: Request, item_id: str, n: int) -> Response:
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/v1/duplicates", response_model=DuplicateGroups, responses=ERROR_RESPONSES, include_in_schema=False)
-async def duplicates(request: Request) -> DuplicateGroups:
+@router.get(
+    "/v1/duplicates",
+    response_model=DuplicateGroups,
+    responses=ERROR_RESPONSES,
+    include_in_schema=False,
+    dependencies=[_guard()],
+)
+async def duplicates() -> DuplicateGroups:
     """Groups of re-uploads and remixes (as `reelvec dups`), from the relations recorded at ingest."""
-    _, writer = _runtime(request)
+    _, writer = _runtime()
     kinds = list(DUPLICATE_KINDS)
     return DuplicateGroups(kinds=kinds, groups=await writer.relation_groups.remote(kinds))
 
@@ -126,11 +148,15 @@ class SharedSounds(BaseModel):
 
 
 @router.get(
-    "/v1/items/{item_id:path}/sounds", response_model=SharedSounds, responses=ERROR_RESPONSES, include_in_schema=False
+    "/v1/items/{item_id:path}/sounds",
+    response_model=SharedSounds,
+    responses=ERROR_RESPONSES,
+    include_in_schema=False,
+    dependencies=[_guard(("k",))],
 )
 async def item_sounds(request: Request, item_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> SharedSounds:
     """Stored clips that share an item's sound (as `reelvec sounds`), best first."""
-    cfg, writer = _runtime(request)
+    cfg, writer = _runtime()
     request.state.item_id = item_id
     found = await writer.shared_sound.remote(check_item_id(item_id, cfg.limits), k)
     return SharedSounds(item_id=item_id, sounds=found)
@@ -143,17 +169,19 @@ def _report_files(folder: Path) -> list[str]:
     return ["index.html", *(n for n in names if n != "index.html")]
 
 
-@router.get("/v1/report", response_model=ReportInfo, responses=ERROR_RESPONSES, include_in_schema=False)
-async def report_info(request: Request) -> ReportInfo:
+@router.get(
+    "/v1/report", response_model=ReportInfo, responses=ERROR_RESPONSES, include_in_schema=False, dependencies=[_guard()]
+)
+async def report_info() -> ReportInfo:
     """Whether an eval report (`reelvec eval --compare --report DIR`, DIR = ui.report_dir) is there to show."""
-    cfg, _ = _runtime(request)
+    cfg, _ = _runtime()
     files = _report_files(report_dir(cfg))
     return ReportInfo(available=bool(files), files=files)
 
 
-@router.get("/v1/report/{name}", response_class=Response, include_in_schema=False)
-async def report_file(request: Request, name: str) -> Any:
-    cfg, _ = _runtime(request)
+@router.get("/v1/report/{name}", response_class=Response, include_in_schema=False, dependencies=[_guard()])
+async def report_file(name: str) -> Any:
+    cfg, _ = _runtime()
     folder = report_dir(cfg)
     if name not in _report_files(folder):  # plain names listed in the folder only: no path ever reaches open()
         raise ApiError("not_found", "no such report file", 404)
